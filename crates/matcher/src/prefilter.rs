@@ -1,0 +1,166 @@
+//! The whole-buffer prefilter: finds the few lines that could match without splitting the rest.
+//!
+//! # Contract
+//!
+//! A line the exact evaluator matches is always a candidate. The converse does not hold: a
+//! candidate may fail the rule (a failed `DisableKey`, the word in a policy document, ...).
+//!
+//! # Why the literals are sound
+//!
+//! Every shape kmsguard recognises carries the rule's action term as a JSON string: in ECS as
+//! `event.action`, in raw records as `eventName`, in a shipper envelope inside the `message`
+//! string (escaping a string for JSON leaves letters alone). A JSON string holds the term's bytes
+//! literally unless at least one of its characters is written as an escape. The only JSON escape
+//! that yields a letter is `\uXXXX`, and for an ASCII character it is `\u00XX`; escaping that
+//! escape again for an envelope (`\\u00XX`, `\u005cu00XX`, ...) still leaves `\u00` in the bytes.
+//! So a line that holds neither an action term nor `\u00` cannot match (spec section 6).
+//!
+//! When a rule's terms hold bytes that other escapes can produce (`"`, `\`, `/`, control
+//! characters) or non-ASCII text, the escape literal widens to a lone backslash.
+
+use memchr::memmem::Finder;
+
+use crate::rule::{Clause, Rule, RAW_FIELD_MAP};
+
+/// Finds candidate lines in a buffer of many lines with a few `memmem` searchers built once.
+#[derive(Clone, Debug)]
+pub struct Prefilter {
+    finders: Vec<Finder<'static>>,
+}
+
+impl Prefilter {
+    /// Builds the prefilter for `rule`: the terms of its rarest clause that every shape carries
+    /// literally, plus the escape literal that could spell them.
+    ///
+    /// A rule with no such clause gets a prefilter that passes every line.
+    pub fn new(rule: &Rule) -> Prefilter {
+        let Some(clause) = literal_clause(rule) else {
+            return Prefilter { finders: Vec::new() };
+        };
+        let mut needles: Vec<Vec<u8>> =
+            clause.terms.iter().map(|t| t.as_bytes().to_vec()).collect();
+        let plain =
+            clause.terms.iter().flat_map(|t| t.bytes()).all(|b| b.is_ascii_graphic() || b == b' ')
+                && !clause.terms.iter().any(|t| t.contains(['"', '\\', '/']));
+        needles.push(if plain { b"\\u00".to_vec() } else { b"\\".to_vec() });
+        let finders = needles.iter().map(|n| Finder::new(n).into_owned()).collect();
+        Prefilter { finders }
+    }
+
+    /// The literals this prefilter searches for, in order.
+    pub fn needles(&self) -> impl Iterator<Item = &[u8]> {
+        self.finders.iter().map(|f| f.needle())
+    }
+
+    /// Whether `line` is a candidate (holds one of the literals).
+    pub fn is_candidate(&self, line: &[u8]) -> bool {
+        self.finders.is_empty() || self.finders.iter().any(|f| f.find(line).is_some())
+    }
+
+    /// Iterates over the candidate lines of `haystack`, a buffer of `\n`-terminated lines (the
+    /// last may lack its `\n`). Each item is the line's range without its `\n`.
+    ///
+    /// Each literal is searched over the buffer at most once, so the bytes of lines that cannot
+    /// match are looked at a few times in cache and never split into lines.
+    pub fn candidate_lines<'p, 'h>(&'p self, haystack: &'h [u8]) -> CandidateLines<'p, 'h> {
+        let next = self.finders.iter().map(|f| f.find(haystack).unwrap_or(usize::MAX)).collect();
+        CandidateLines { pre: self, haystack, next, pos: 0 }
+    }
+}
+
+/// The clause whose terms the prefilter searches for: among the clauses whose values every shape
+/// carries verbatim (the fields the raw mapping copies), the one with the smallest share.
+fn literal_clause(rule: &Rule) -> Option<&Clause> {
+    rule.clauses
+        .iter()
+        .filter(|c| RAW_FIELD_MAP.iter().any(|(ecs, _)| *ecs == c.field))
+        .filter(|c| c.terms.iter().all(|t| !t.is_empty()))
+        .min_by(|a, b| a.share.total_cmp(&b.share))
+}
+
+/// Iterator over candidate line ranges, returned by [`Prefilter::candidate_lines`].
+#[derive(Debug)]
+pub struct CandidateLines<'p, 'h> {
+    pre: &'p Prefilter,
+    haystack: &'h [u8],
+    /// Per literal: the offset of its next occurrence at or after the last search start, or
+    /// `usize::MAX` when it does not occur again.
+    next: Vec<usize>,
+    pos: usize,
+}
+
+impl CandidateLines<'_, '_> {
+    /// The offset of the first literal occurrence at or after `self.pos`.
+    fn next_hit(&mut self) -> Option<usize> {
+        let hay = self.haystack;
+        let mut best = usize::MAX;
+        for (next, finder) in self.next.iter_mut().zip(&self.pre.finders) {
+            if *next != usize::MAX && *next < self.pos {
+                *next = finder.find(&hay[self.pos..]).map_or(usize::MAX, |i| self.pos + i);
+            }
+            best = best.min(*next);
+        }
+        (best != usize::MAX).then_some(best)
+    }
+}
+
+impl Iterator for CandidateLines<'_, '_> {
+    type Item = std::ops::Range<usize>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let hay = self.haystack;
+        if self.pos >= hay.len() {
+            return None;
+        }
+        let hit = if self.pre.finders.is_empty() { self.pos } else { self.next_hit()? };
+        let start =
+            memchr::memrchr(b'\n', &hay[self.pos..hit]).map_or(self.pos, |i| self.pos + i + 1);
+        let end = memchr::memchr(b'\n', &hay[hit..]).map_or(hay.len(), |i| hit + i);
+        self.pos = end + 1;
+        Some(start..end)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(hay: &str) -> Vec<&str> {
+        let pre = Prefilter::new(&Rule::kms_cmk_disabled_or_scheduled_for_deletion());
+        pre.candidate_lines(hay.as_bytes()).map(|r| &hay[r]).collect()
+    }
+
+    #[test]
+    fn literals_come_from_the_action_clause() {
+        let pre = Prefilter::new(&Rule::kms_cmk_disabled_or_scheduled_for_deletion());
+        let needles: Vec<_> = pre.needles().collect();
+        assert_eq!(needles, [&b"DisableKey"[..], b"ScheduleKeyDeletion", b"\\u00"]);
+    }
+
+    #[test]
+    fn finds_each_candidate_line_once() {
+        let hay = "a\nDisableKey DisableKey\nb\nx ScheduleKeyDeletion\n\\u0044\nc";
+        assert_eq!(lines(hay), ["DisableKey DisableKey", "x ScheduleKeyDeletion", "\\u0044"]);
+    }
+
+    #[test]
+    fn first_and_last_lines_without_newline() {
+        assert_eq!(lines("DisableKey"), ["DisableKey"]);
+        assert_eq!(lines("x\nDisableKey"), ["DisableKey"]);
+        assert_eq!(lines("DisableKey\n"), ["DisableKey"]);
+        assert!(lines("").is_empty());
+        assert!(lines("Decrypt\nEncrypt\n").is_empty());
+    }
+
+    #[test]
+    fn literals_in_adjacent_lines_are_not_merged() {
+        assert_eq!(lines("DisableKey\nScheduleKeyDeletion"), ["DisableKey", "ScheduleKeyDeletion"]);
+    }
+
+    #[test]
+    fn widens_escape_literal_for_terms_with_slash() {
+        let mut rule = Rule::kms_cmk_disabled_or_scheduled_for_deletion();
+        rule.clauses[2].terms = &["a/b"];
+        assert!(Prefilter::new(&rule).needles().any(|n| n == b"\\"));
+    }
+}
