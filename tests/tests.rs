@@ -1,1 +1,11 @@
+//! Integration tests of the `kmsguard` binary: one test binary, a module per topic.
 
+// Spawning the binary, feeding stdin from a thread, locating shared fixtures.
+mod util;
+
+// Every example and rule of spec sections 2, 3 and 5, one golden case each.
+mod golden;
+// The output contract of filter and tag mode on mixed files.
+mod contract;
+// Public CloudTrail fixtures in ../shared/data (skipped, loudly, when absent).
+mod conformance;

@@ -1,1 +1,122 @@
-fn main() {}
+//! The `kmsguard` binary: NDJSON on stdin or files, matching CloudTrail events out.
+
+mod cli;
+
+use std::fs::File;
+use std::io::{self, BufWriter, IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Parser;
+use kmsguard_matcher::{Matcher, Rule, Shapes, DATA_STREAM_DATASET, EVENT_DATASET};
+use kmsguard_transform::{Mode, OnInvalid, Options, Transform};
+
+use crate::cli::{Args, DatasetField, ModeArg, OnInvalidArg};
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(code) => code,
+        Err(err) => {
+            // Rust ignores SIGPIPE, so a closed stdout (`| head`) surfaces as a BrokenPipe
+            // write error: the reader has all it wanted, which is success for a filter.
+            if is_broken_pipe(&err) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("kmsguard: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+            || cause
+                .downcast_ref::<kmsguard_transform::Error>()
+                .and_then(|e| e.io_error())
+                .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn build(args: &Args) -> Transform {
+    let dataset_field = match args.dataset_field {
+        DatasetField::EventDataset => EVENT_DATASET,
+        DatasetField::DataStreamDataset => DATA_STREAM_DATASET,
+    };
+    let rule = Rule::kms_cmk_disabled_or_scheduled_for_deletion().with_dataset_field(dataset_field);
+    let shapes = args.shapes.as_deref().map_or_else(Shapes::all, Shapes::of);
+    let matcher = Matcher::builder()
+        .rule(rule)
+        .shapes(shapes)
+        .assume_dataset(args.assume_dataset.clone())
+        .build();
+    let options = Options {
+        mode: match args.mode {
+            ModeArg::Filter => Mode::Filter,
+            ModeArg::Tag => Mode::Tag,
+        },
+        on_invalid: match args.on_invalid {
+            OnInvalidArg::Drop => OnInvalid::Drop,
+            OnInvalidArg::Pass => OnInvalid::Pass,
+            OnInvalidArg::Fail => OnInvalid::Fail,
+        },
+        split_records: args.split_records,
+        max_line_bytes: args.max_line_bytes,
+        tag: args.tag.clone(),
+        ..Options::default()
+    };
+    Transform::new(matcher, options)
+}
+
+fn run(args: &Args) -> anyhow::Result<ExitCode> {
+    let start = Instant::now();
+    let mut transform = build(args);
+    let stdout = io::stdout();
+    let lock = stdout.lock();
+    // Block-buffer a pipe or file; a terminal sees each line as soon as it is decided.
+    let capacity = if lock.is_terminal() { 0 } else { 256 * 1024 };
+    let mut out = BufWriter::with_capacity(capacity, lock);
+    let stdin_name = std::path::PathBuf::from("-");
+    let files = if args.files.is_empty() { std::slice::from_ref(&stdin_name) } else { &args.files };
+    let mut code = ExitCode::SUCCESS;
+    for path in files {
+        let result = if path.as_os_str() == "-" {
+            transform.run(&mut io::stdin().lock(), &mut out)
+        } else {
+            match File::open(path) {
+                Ok(mut file) => transform.run(&mut file, &mut out),
+                Err(e) => {
+                    eprintln!("kmsguard: {}: {e}", path.display());
+                    code = ExitCode::from(2);
+                    continue;
+                }
+            }
+        };
+        match result {
+            Ok(()) => {}
+            // An unreadable input is reported, and the others still run, as cat and rg do.
+            Err(e) if e.is_read() => {
+                eprintln!("kmsguard: {}: {e}", path.display());
+                code = ExitCode::from(2);
+            }
+            Err(e) if e.is_invalid_line() => {
+                eprintln!("kmsguard: {}: {e}", path.display());
+                code = ExitCode::from(1);
+                break;
+            }
+            Err(e) => {
+                if args.stats {
+                    eprintln!("{}", transform.stats().report(start.elapsed()));
+                }
+                return Err(e).context("writing standard output");
+            }
+        }
+    }
+    out.flush().context("writing standard output")?;
+    if args.stats {
+        eprintln!("{}", transform.stats().report(start.elapsed()));
+    }
+    Ok(code)
+}

@@ -1,1 +1,468 @@
-//! placeholder
+//! kmsguard's streaming transform: NDJSON in, NDJSON out, matching CloudTrail events filtered or
+//! tagged, in input order, in bounded memory.
+//!
+//! The hot path works on whole buffers: the matcher's prefilter finds the rare candidate lines,
+//! and in tag mode everything between candidates is written straight from the input buffer.
+//!
+//! # Example
+//!
+//! ```
+//! use kmsguard_matcher::Matcher;
+//! use kmsguard_transform::{Mode, Options, Transform};
+//!
+//! let input = concat!(
+//!     r#"{"eventSource":"kms.amazonaws.com","eventName":"Decrypt"}"#, "\n",
+//!     r#"{"eventSource":"kms.amazonaws.com","eventName":"DisableKey"}"#, "\n",
+//! );
+//! let mut t = Transform::new(Matcher::new(), Options { mode: Mode::Tag, ..Options::default() });
+//! let mut out = Vec::new();
+//! t.run(&mut input.as_bytes(), &mut out).unwrap();
+//! let text = String::from_utf8(out).unwrap();
+//! assert!(text.starts_with(r#"{"eventSource":"kms.amazonaws.com","eventName":"Decrypt"}"#));
+//! assert!(text.lines().nth(1).unwrap().contains(r#""tags":["kms-cmk-disabled-or-scheduled-for-deletion"]"#));
+//! assert_eq!(t.stats().matches, 1);
+//! ```
+#![deny(missing_docs)]
+
+mod enrich;
+mod scan;
+mod stats;
+
+use std::fmt;
+use std::io::{self, Read, Write};
+
+use kmsguard_matcher::{Matcher, Shape, Verdict};
+use memchr::memmem::Finder;
+
+pub use crate::enrich::Enriched;
+pub use crate::stats::Stats;
+
+use crate::enrich::Enricher;
+
+/// What comes out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Only matching events, enriched, each ending in `\n`.
+    #[default]
+    Filter,
+    /// Every line, in order: non-matching, invalid and blank lines byte for byte, matching lines
+    /// enriched (their line terminator kept).
+    Tag,
+}
+
+/// What filter mode does with a line that is not a document Elasticsearch would index.
+/// Tag mode always passes such lines through unchanged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnInvalid {
+    /// Count it and drop it, like any non-matching line. Only candidate lines are parsed, so
+    /// the count covers candidates; the fast path is kept.
+    #[default]
+    Drop,
+    /// Count it and write it out unchanged. Every non-blank line is parsed (slower).
+    Pass,
+    /// Stop with an error naming the line. Every non-blank line is parsed (slower).
+    Fail,
+}
+
+/// How the transform runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Filter or tag.
+    pub mode: Mode,
+    /// Policy for invalid lines in filter mode.
+    pub on_invalid: OnInvalid,
+    /// Emit each record of a CloudTrail log file (`{"Records":[...]}` with no other member) as
+    /// its own line. Every such line is then parsed, candidate or not.
+    pub split_records: bool,
+    /// Longest line evaluated, in bytes without its `\n`. Longer lines are never buffered
+    /// whole: they are counted as oversized and, like invalid lines, passed through in tag mode
+    /// and handled by [`Options::on_invalid`] in filter mode. Memory stays below about this
+    /// plus [`Options::read_size`], plus, for a line that is evaluated, about four times its size.
+    pub max_line_bytes: usize,
+    /// The size of each read.
+    pub read_size: usize,
+    /// The tag appended to `tags`; `None` uses the rule's.
+    pub tag: Option<String>,
+}
+
+/// Elasticsearch's default `http.max_content_length`: a longer document cannot be indexed, so
+/// it can raise no alert.
+pub const DEFAULT_MAX_LINE_BYTES: usize = 100 * 1024 * 1024;
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            mode: Mode::Filter,
+            on_invalid: OnInvalid::Drop,
+            split_records: false,
+            max_line_bytes: DEFAULT_MAX_LINE_BYTES,
+            read_size: 1 << 20,
+            tag: None,
+        }
+    }
+}
+
+/// Why a run stopped.
+#[derive(Debug)]
+pub struct Error {
+    kind: ErrorKind,
+}
+
+#[derive(Debug)]
+enum ErrorKind {
+    Read(io::Error),
+    Write(io::Error),
+    Invalid { line: u64, oversized: bool },
+}
+
+impl Error {
+    /// The I/O error behind this one, if it is one.
+    pub fn io_error(&self) -> Option<&io::Error> {
+        match &self.kind {
+            ErrorKind::Read(e) | ErrorKind::Write(e) => Some(e),
+            ErrorKind::Invalid { .. } => None,
+        }
+    }
+
+    /// Whether reading the input failed (as opposed to writing, or an invalid line).
+    pub fn is_read(&self) -> bool {
+        matches!(self.kind, ErrorKind::Read(_))
+    }
+
+    /// Whether an invalid (or oversized) line stopped the run under [`OnInvalid::Fail`].
+    pub fn is_invalid_line(&self) -> bool {
+        matches!(self.kind, ErrorKind::Invalid { .. })
+    }
+}
+
+/// Write errors convert implicitly (`?` on `out`); read errors are built where reads happen.
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Error {
+        Error { kind: ErrorKind::Write(e) }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            ErrorKind::Read(e) | ErrorKind::Write(e) => e.fmt(f),
+            ErrorKind::Invalid { line, oversized: false } => {
+                write!(f, "line {line} is not a valid JSON object (--on-invalid fail)")
+            }
+            ErrorKind::Invalid { line, oversized: true } => {
+                write!(f, "line {line} is longer than --max-line-bytes (--on-invalid fail)")
+            }
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.io_error().map(|e| e as _)
+    }
+}
+
+/// The UTF-8 byte order mark some Windows tools write at the start of a file.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// A streaming filter/tag transform over NDJSON.
+pub struct Transform {
+    matcher: Matcher,
+    options: Options,
+    enricher: Enricher,
+    records: Finder<'static>,
+    stats: Stats,
+    /// Reused output buffer for enriched lines.
+    scratch: Vec<u8>,
+}
+
+impl fmt::Debug for Transform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Transform").field("options", &self.options).finish_non_exhaustive()
+    }
+}
+
+impl Transform {
+    /// A transform that decides lines with `matcher`.
+    pub fn new(matcher: Matcher, options: Options) -> Transform {
+        let tag = options.tag.clone().unwrap_or_else(|| matcher.rule().tag.to_owned());
+        let enricher = Enricher::new(matcher.rule(), &tag);
+        Transform {
+            matcher,
+            options,
+            enricher,
+            records: Finder::new("Records").into_owned(),
+            stats: Stats::default(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// The counts so far.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Reads `input` to its end, writing to `out`. A UTF-8 byte order mark at the start of the
+    /// input is passed through in tag mode and otherwise ignored. `out` is flushed whenever a
+    /// read returns less than asked (the input stalled) and at the end, so in a live pipeline a
+    /// match is not held back while the input is quiet.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors of either side, and the first invalid line under [`OnInvalid::Fail`]. What was
+    /// decided before the error has been written.
+    pub fn run(&mut self, input: &mut dyn Read, out: &mut dyn Write) -> Result<(), Error> {
+        let max_line = self.options.max_line_bytes;
+        let mut buf = vec![0u8; self.options.read_size.clamp(4096, max_line.saturating_add(1))];
+        let mut filled = 0;
+        let mut at_start = true;
+        // Inside an oversized line: its bytes stream through (or away) up to its `\n`.
+        let mut skipping = false;
+        loop {
+            if filled == buf.len() {
+                if filled > max_line {
+                    self.oversized(&buf[..filled], out)?;
+                    skipping = true;
+                    filled = 0;
+                } else {
+                    let grown = (buf.len() * 2).min(max_line.saturating_add(1));
+                    buf.resize(grown.max(buf.len() + 1), 0);
+                }
+            }
+            let want = buf.len() - filled;
+            let n = match input.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // Keep what was decided; the caller reports the error.
+                    let _ = out.flush();
+                    return Err(Error { kind: ErrorKind::Read(e) });
+                }
+            };
+            let mut new = filled;
+            filled += n;
+            if at_start {
+                if filled < BOM.len() && BOM.starts_with(&buf[..filled]) {
+                    continue;
+                }
+                at_start = false;
+                if buf[..filled].starts_with(BOM) {
+                    if self.options.mode == Mode::Tag {
+                        out.write_all(BOM)?;
+                    }
+                    self.stats.bytes += BOM.len() as u64;
+                    buf.copy_within(BOM.len()..filled, 0);
+                    filled -= BOM.len();
+                    new = 0;
+                }
+            }
+            if skipping {
+                match memchr::memchr(b'\n', &buf[..filled]) {
+                    Some(i) => {
+                        self.pass_oversized(&buf[..=i], out)?;
+                        buf.copy_within(i + 1..filled, 0);
+                        filled -= i + 1;
+                        new = 0;
+                        skipping = false;
+                    }
+                    None => {
+                        self.pass_oversized(&buf[..filled], out)?;
+                        filled = 0;
+                    }
+                }
+            }
+            if let Some(i) = memchr::memrchr(b'\n', &buf[new..filled]) {
+                let end = new + i + 1;
+                self.process(&buf[..end], out)?;
+                buf.copy_within(end..filled, 0);
+                filled -= end;
+            }
+            if n < want {
+                out.flush()?;
+            }
+        }
+        if filled > 0 && !skipping {
+            if filled > max_line {
+                self.oversized(&buf[..filled], out)?;
+            } else {
+                self.process(&buf[..filled], out)?;
+            }
+        }
+        out.flush()?;
+        Ok(())
+    }
+
+    /// The start of a line longer than the limit: counted, then handled like an invalid line.
+    fn oversized(&mut self, head: &[u8], out: &mut dyn Write) -> Result<(), Error> {
+        self.stats.oversized += 1;
+        self.stats.lines += 1;
+        if self.options.mode == Mode::Filter && self.options.on_invalid == OnInvalid::Fail {
+            return Err(Error {
+                kind: ErrorKind::Invalid { line: self.stats.lines, oversized: true },
+            });
+        }
+        self.pass_oversized(head, out)
+    }
+
+    /// Bytes of an oversized line: through in tag mode and with `--on-invalid pass`, else away.
+    fn pass_oversized(&mut self, bytes: &[u8], out: &mut dyn Write) -> Result<(), Error> {
+        self.stats.bytes += bytes.len() as u64;
+        if self.options.mode == Mode::Tag || self.options.on_invalid == OnInvalid::Pass {
+            out.write_all(bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Processes whole lines: `data` ends in `\n`, or is the input's last line without one.
+    ///
+    /// # Errors
+    ///
+    /// Write errors, and the first invalid line under [`OnInvalid::Fail`].
+    pub fn process(&mut self, data: &[u8], out: &mut dyn Write) -> Result<(), Error> {
+        let lines_before = self.stats.lines;
+        self.stats.bytes += data.len() as u64;
+        self.stats.lines += memchr::memchr_iter(b'\n', data).count() as u64;
+        if data.last().is_some_and(|&b| b != b'\n') {
+            self.stats.lines += 1;
+        }
+        let every_line = self.options.split_records
+            || (self.options.mode == Mode::Filter && self.options.on_invalid != OnInvalid::Drop);
+        let mut pos = 0;
+        if every_line {
+            while pos < data.len() {
+                let end = memchr::memchr(b'\n', &data[pos..]).map_or(data.len(), |i| pos + i);
+                let line = &data[pos..end];
+                if self.worth_parsing(line) {
+                    self.decide(data, pos..end, lines_before, out)?;
+                } else if self.options.mode == Mode::Tag {
+                    out.write_all(&data[pos..(end + 1).min(data.len())])?;
+                }
+                pos = end + 1;
+            }
+            return Ok(());
+        }
+        let prefilter = self.matcher.prefilter().clone();
+        for range in prefilter.candidate_lines(data) {
+            if self.options.mode == Mode::Tag {
+                out.write_all(&data[pos..range.start])?;
+            }
+            pos = (range.end + 1).min(data.len());
+            self.decide(data, range, lines_before, out)?;
+        }
+        if self.options.mode == Mode::Tag {
+            out.write_all(&data[pos.min(data.len())..])?;
+        }
+        Ok(())
+    }
+
+    /// Whether a line seen in every-line mode must be parsed.
+    fn worth_parsing(&self, line: &[u8]) -> bool {
+        if line.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r')) {
+            return false;
+        }
+        (self.options.mode == Mode::Filter && self.options.on_invalid != OnInvalid::Drop)
+            || self.matcher.prefilter().is_candidate(line)
+            || (self.options.split_records && self.records.find(line).is_some())
+    }
+
+    /// Decides the line `data[range]` and writes what the mode asks for.
+    fn decide(
+        &mut self,
+        data: &[u8],
+        range: std::ops::Range<usize>,
+        lines_before: u64,
+        out: &mut dyn Write,
+    ) -> Result<(), Error> {
+        let line = &data[range.clone()];
+        let terminator = &data[range.end..(range.end + 1).min(data.len())];
+        let tag_mode = self.options.mode == Mode::Tag;
+        self.stats.candidates += 1;
+        let verdict = self.matcher.evaluate(line);
+        self.stats.count(verdict);
+        match verdict {
+            Verdict::Match(Shape::Records) | Verdict::NoMatch(Some(Shape::Records))
+                if self.options.split_records =>
+            {
+                if let Some(records) = scan::sole_records(line) {
+                    for record in records {
+                        self.emit_record(&line[record], out)?;
+                    }
+                    return Ok(());
+                }
+                if verdict.is_match() {
+                    self.emit_match(line, terminator, out)?;
+                } else if tag_mode {
+                    out.write_all(line)?;
+                    out.write_all(terminator)?;
+                }
+            }
+            Verdict::Match(_) => self.emit_match(line, terminator, out)?,
+            Verdict::NoMatch(_) => {
+                if tag_mode {
+                    out.write_all(line)?;
+                    out.write_all(terminator)?;
+                }
+            }
+            Verdict::Invalid => {
+                self.stats.invalid += 1;
+                match (tag_mode, self.options.on_invalid) {
+                    (true, _) => {
+                        out.write_all(line)?;
+                        out.write_all(terminator)?;
+                    }
+                    (false, OnInvalid::Drop) => {}
+                    (false, OnInvalid::Pass) => {
+                        out.write_all(line)?;
+                        out.write_all(b"\n")?;
+                    }
+                    (false, OnInvalid::Fail) => {
+                        let line_no = lines_before
+                            + memchr::memchr_iter(b'\n', &data[..range.start]).count() as u64
+                            + 1;
+                        out.flush()?;
+                        return Err(Error {
+                            kind: ErrorKind::Invalid { line: line_no, oversized: false },
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a matching line enriched: with its own terminator in tag mode, with `\n` (and
+    /// without a trailing `\r`) in filter mode.
+    fn emit_match(
+        &mut self,
+        line: &[u8],
+        terminator: &[u8],
+        out: &mut dyn Write,
+    ) -> Result<(), Error> {
+        self.stats.matches += 1;
+        self.scratch.clear();
+        let enriched = self.enricher.enrich(line, &mut self.scratch);
+        self.stats.enriched(enriched);
+        if self.options.mode == Mode::Tag {
+            out.write_all(&self.scratch)?;
+            out.write_all(terminator)?;
+        } else {
+            let text = self.scratch.strip_suffix(b"\r").unwrap_or(&self.scratch);
+            out.write_all(text)?;
+            out.write_all(b"\n")?;
+        }
+        Ok(())
+    }
+
+    /// Writes one record of a split CloudTrail log file as its own line.
+    fn emit_record(&mut self, record: &[u8], out: &mut dyn Write) -> Result<(), Error> {
+        self.stats.records += 1;
+        if self.matcher.evaluate_record(record).is_match() {
+            self.emit_match(record, b"\n", out)?;
+        } else if self.options.mode == Mode::Tag {
+            out.write_all(record)?;
+            out.write_all(b"\n")?;
+        }
+        Ok(())
+    }
+}

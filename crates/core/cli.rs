@@ -1,0 +1,122 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+use kmsguard_matcher::Shape;
+
+const AFTER_HELP: &str = "\
+Examples:
+  kmsguard cloudtrail.ndjson                    only matching events, enriched
+  kmsguard --mode tag < in.ndjson > out.ndjson  every line; matches tagged
+  vector ... | kmsguard --mode tag --assume-dataset aws.cloudtrail | vector ...
+
+Exit status: 0 when the input was read to its end (whether or not anything matched),
+1 when --on-invalid fail stopped at an invalid line, 2 on I/O or usage errors.
+A closed stdout (a downstream `head`) ends the run quietly with status 0.";
+
+/// Detects the Elastic rule "AWS KMS Customer Managed Key Disabled or Scheduled for Deletion"
+/// in NDJSON CloudTrail events (ECS documents, raw records, EventBridge events, S3 log files
+/// and shipper envelopes), inline, and filters or tags the matches.
+#[derive(Debug, Parser)]
+#[command(name = "kmsguard", version, after_help = AFTER_HELP)]
+pub struct Args {
+    /// Input files; `-` or none reads standard input.
+    #[arg(value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+
+    /// filter: only matching events come out, enriched. tag: every line comes out in order,
+    /// unchanged byte for byte unless it matches, in which case it is enriched.
+    #[arg(short, long, value_enum, default_value_t = ModeArg::Filter)]
+    pub mode: ModeArg,
+
+    /// Declare the stream's dataset: documents with no value in the rule's dataset field count
+    /// as DATASET, as in a `logs-aws.cloudtrail-*` data stream (use `aws.cloudtrail`).
+    #[arg(long, value_name = "DATASET")]
+    pub assume_dataset: Option<String>,
+
+    /// The field the rule's dataset clause reads: `event.dataset` (version 1 of the rule) or
+    /// `data_stream.dataset` (later upstream versions).
+    #[arg(long, value_enum, default_value_t = DatasetField::EventDataset)]
+    pub dataset_field: DatasetField,
+
+    /// Recognise only these event shapes (comma-separated): records, eventbridge, raw,
+    /// envelope, ecs. Others fall through to the next allowed shape.
+    #[arg(long, value_delimiter = ',', value_name = "SHAPES")]
+    pub shapes: Option<Vec<Shape>>,
+
+    /// Emit each record of a CloudTrail log file (`{"Records":[...]}`) as its own line;
+    /// matching records are enriched, and in tag mode every record comes out.
+    #[arg(long)]
+    pub split_records: bool,
+
+    /// What filter mode does with lines that are not valid JSON objects: drop (counted), pass
+    /// (written unchanged) or fail (stop, exit 1). pass and fail parse every line (slower).
+    /// Tag mode always passes them unchanged.
+    #[arg(long, value_enum, default_value_t = OnInvalidArg::Drop)]
+    pub on_invalid: OnInvalidArg,
+
+    /// Longest line evaluated, in bytes. Longer lines are never buffered whole: they count as
+    /// oversized and are handled like invalid lines. The default is Elasticsearch's
+    /// http.max_content_length (100 MiB): a longer document could never be indexed.
+    #[arg(long, value_name = "BYTES", default_value_t = kmsguard_transform::DEFAULT_MAX_LINE_BYTES)]
+    pub max_line_bytes: usize,
+
+    /// The tag appended to `tags` of matching events.
+    #[arg(long)]
+    pub tag: Option<String>,
+
+    /// Print counts (lines, bytes, candidates, matches, invalid, by shape) and throughput to
+    /// stderr at the end.
+    #[arg(long)]
+    pub stats: bool,
+}
+
+/// `--mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// Only matching events.
+    Filter,
+    /// Every line; matches enriched.
+    Tag,
+}
+
+/// `--dataset-field`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DatasetField {
+    /// `event.dataset`.
+    #[value(name = "event.dataset")]
+    EventDataset,
+    /// `data_stream.dataset`.
+    #[value(name = "data_stream.dataset")]
+    DataStreamDataset,
+}
+
+/// `--on-invalid`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OnInvalidArg {
+    /// Drop and count.
+    Drop,
+    /// Write unchanged and count.
+    Pass,
+    /// Stop with exit status 1.
+    Fail,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn shapes_parse_as_a_list() {
+        let args = Args::try_parse_from(["kmsguard", "--shapes", "ecs,raw"]).unwrap();
+        assert_eq!(args.shapes, Some(vec![Shape::Ecs, Shape::Raw]));
+        assert!(Args::try_parse_from(["kmsguard", "--shapes", "bogus"]).is_err());
+    }
+}

@@ -1,0 +1,65 @@
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+/// Runs kmsguard with `args`, feeding `stdin` from a thread, and returns its output.
+pub fn kmsguard(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kmsguard"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kmsguard");
+    let mut pipe = child.stdin.take().unwrap();
+    let input = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        // kmsguard may exit before reading everything (e.g. --on-invalid fail).
+        let _ = pipe.write_all(&input);
+    });
+    let out = child.wait_with_output().expect("wait for kmsguard");
+    writer.join().unwrap();
+    out
+}
+
+/// Runs kmsguard and returns stdout, asserting a zero exit status and a quiet stderr.
+pub fn stdout_of(args: &[&str], stdin: &[u8]) -> Vec<u8> {
+    let out = kmsguard(args, stdin);
+    assert!(
+        out.status.success(),
+        "status {:?}, stderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stderr.is_empty(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+/// The shared CloudTrail fixtures, or `None` after saying loudly on stderr that the calling
+/// test is skipped. Under CI (`CI` set) their absence is a failure.
+pub fn shared_data(test: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("KMSGUARD_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: shared fixtures missing at {}",
+        dir.display()
+    );
+    // Written to the real stderr, past the test harness's capture, so the skip is visible.
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: no shared CloudTrail fixtures at {} (set KMSGUARD_SHARED_DATA)",
+        dir.display()
+    );
+    None
+}
+
+/// Parses a line strictly (no repeated keys) with the reference parser.
+pub fn strict_json(line: &[u8]) -> kmsguard_reference::Json {
+    kmsguard_reference::parse(line)
+        .unwrap_or_else(|| panic!("not strict JSON: {}", String::from_utf8_lossy(line)))
+}
