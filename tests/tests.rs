@@ -9,3 +9,5 @@ mod golden;
 mod contract;
 // Public CloudTrail fixtures in ../shared/data (skipped, loudly, when absent).
 mod conformance;
+// The shipped sample and the corpus generator that made it.
+mod sample;

@@ -66,6 +66,10 @@ pub struct Args {
     #[arg(long)]
     pub tag: Option<String>,
 
+    /// Never memory-map regular files; read them like a pipe.
+    #[arg(long)]
+    pub no_mmap: bool,
+
     /// Print counts (lines, bytes, candidates, matches, invalid, by shape) and throughput to
     /// stderr at the end.
     #[arg(long)]

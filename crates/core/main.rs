@@ -7,10 +7,13 @@ use std::io::{self, BufWriter, IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Instant;
 
+use std::os::fd::AsFd;
+
 use anyhow::Context;
 use clap::Parser;
 use kmsguard_matcher::{Matcher, Rule, Shapes, DATA_STREAM_DATASET, EVENT_DATASET};
 use kmsguard_transform::{Mode, OnInvalid, Options, Transform};
+use memmap2::{Advice, Mmap, UncheckedAdvice};
 
 use crate::cli::{Args, DatasetField, ModeArg, OnInvalidArg};
 
@@ -65,9 +68,46 @@ fn build(args: &Args) -> Transform {
         split_records: args.split_records,
         max_line_bytes: args.max_line_bytes,
         tag: args.tag.clone(),
+        count_lines: args.stats,
         ..Options::default()
     };
     Transform::new(matcher, options)
+}
+
+/// Maps `file` when it is a non-empty regular file; `None` sends it down the read path.
+fn map(file: &File) -> Option<Mmap> {
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() || meta.len() == 0 {
+        return None;
+    }
+    // SAFETY: the map is read-only. If another process truncates the file while it is mapped,
+    // reading the lost pages raises SIGBUS; ripgrep accepts the same trade-off, and
+    // `--no-mmap` avoids it.
+    let map = unsafe { Mmap::map(file) }.ok()?;
+    let _ = map.advise(Advice::Sequential);
+    Some(map)
+}
+
+/// Runs over a mapped file, dropping each window's pages once it is decided so that resident
+/// memory stays a few MiB whatever the file's size.
+fn run_mapped(
+    transform: &mut Transform,
+    map: &Mmap,
+    out: &mut dyn Write,
+) -> Result<(), kmsguard_transform::Error> {
+    let page = 4096;
+    let mut released = 0;
+    transform.run_slice(map, out, &mut |end| {
+        let upto = end / page * page;
+        if upto > released {
+            // SAFETY: `MADV_DONTNEED` on a read-only file mapping drops our copy of the pages;
+            // touching them again (we never do) would re-read the file, not see zeros.
+            let _ = unsafe {
+                map.unchecked_advise_range(UncheckedAdvice::DontNeed, released, upto - released)
+            };
+            released = upto;
+        }
+    })
 }
 
 fn run(args: &Args) -> anyhow::Result<ExitCode> {
@@ -83,10 +123,19 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let mut code = ExitCode::SUCCESS;
     for path in files {
         let result = if path.as_os_str() == "-" {
-            transform.run(&mut io::stdin().lock(), &mut out)
+            let stdin = io::stdin();
+            // A redirected regular file can be mapped through the stdin descriptor.
+            let file = stdin.as_fd().try_clone_to_owned().map(File::from);
+            match file.ok().filter(|_| !args.no_mmap).and_then(|f| map(&f)) {
+                Some(map) => run_mapped(&mut transform, &map, &mut out),
+                None => transform.run(&mut stdin.lock(), &mut out),
+            }
         } else {
             match File::open(path) {
-                Ok(mut file) => transform.run(&mut file, &mut out),
+                Ok(file) => match map(&file).filter(|_| !args.no_mmap) {
+                    Some(map) => run_mapped(&mut transform, &map, &mut out),
+                    None => transform.run(&mut &file, &mut out),
+                },
                 Err(e) => {
                     eprintln!("kmsguard: {}: {e}", path.display());
                     code = ExitCode::from(2);

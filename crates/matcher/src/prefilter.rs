@@ -37,8 +37,7 @@ impl Prefilter {
         let Some(clause) = literal_clause(rule) else {
             return Prefilter { finders: Vec::new() };
         };
-        let mut needles: Vec<Vec<u8>> =
-            clause.terms.iter().map(|t| t.as_bytes().to_vec()).collect();
+        let mut needles = term_needles(clause.terms);
         let plain =
             clause.terms.iter().flat_map(|t| t.bytes()).all(|b| b.is_ascii_graphic() || b == b' ')
                 && !clause.terms.iter().any(|t| t.contains(['"', '\\', '/']));
@@ -65,6 +64,31 @@ impl Prefilter {
     pub fn candidate_lines<'p, 'h>(&'p self, haystack: &'h [u8]) -> CandidateLines<'p, 'h> {
         let next = self.finders.iter().map(|f| f.find(haystack).unwrap_or(usize::MAX)).collect();
         CandidateLines { pre: self, haystack, next, pos: 0 }
+    }
+}
+
+/// The literals that find a clause's terms: their longest common substring when it is long
+/// enough to be rare (`DisableKey` and `ScheduleKeyDeletion` share `leKey`: one pass over the
+/// buffer instead of two), else every term.
+fn term_needles(terms: &[&str]) -> Vec<Vec<u8>> {
+    const MIN_SHARED: usize = 5;
+    let Some(first) = terms.first() else { return Vec::new() };
+    let first = first.as_bytes();
+    let mut best: &[u8] = &[];
+    for start in 0..first.len() {
+        for end in (start + best.len() + 1)..=first.len() {
+            let sub = &first[start..end];
+            if terms[1..].iter().all(|t| memchr::memmem::find(t.as_bytes(), sub).is_some()) {
+                best = sub;
+            } else {
+                break;
+            }
+        }
+    }
+    if best.len() >= MIN_SHARED || terms.len() == 1 {
+        vec![if terms.len() == 1 { first.to_vec() } else { best.to_vec() }]
+    } else {
+        terms.iter().map(|t| t.as_bytes().to_vec()).collect()
     }
 }
 
@@ -134,7 +158,7 @@ mod tests {
     fn literals_come_from_the_action_clause() {
         let pre = Prefilter::new(&Rule::kms_cmk_disabled_or_scheduled_for_deletion());
         let needles: Vec<_> = pre.needles().collect();
-        assert_eq!(needles, [&b"DisableKey"[..], b"ScheduleKeyDeletion", b"\\u00"]);
+        assert_eq!(needles, [&b"leKey"[..], b"\\u00"]);
     }
 
     #[test]
@@ -155,6 +179,14 @@ mod tests {
     #[test]
     fn literals_in_adjacent_lines_are_not_merged() {
         assert_eq!(lines("DisableKey\nScheduleKeyDeletion"), ["DisableKey", "ScheduleKeyDeletion"]);
+    }
+
+    #[test]
+    fn shared_substring_only_when_long_enough() {
+        assert_eq!(term_needles(&["DisableKey", "ScheduleKeyDeletion"]), [b"leKey".to_vec()]);
+        assert_eq!(term_needles(&["Decrypt", "Encrypt"]), [b"crypt".to_vec()]);
+        assert_eq!(term_needles(&["abcd", "xbcd"]), [b"abcd".to_vec(), b"xbcd".to_vec()]);
+        assert_eq!(term_needles(&["success"]), [b"success".to_vec()]);
     }
 
     #[test]

@@ -83,6 +83,8 @@ pub struct Options {
     pub read_size: usize,
     /// The tag appended to `tags`; `None` uses the rule's.
     pub tag: Option<String>,
+    /// Count lines for [`Stats::lines`]: one more pass over the input (`--stats` asks for it).
+    pub count_lines: bool,
 }
 
 /// Elasticsearch's default `http.max_content_length`: a longer document cannot be indexed, so
@@ -98,6 +100,7 @@ impl Default for Options {
             max_line_bytes: DEFAULT_MAX_LINE_BYTES,
             read_size: 1 << 20,
             tag: None,
+            count_lines: true,
         }
     }
 }
@@ -293,6 +296,43 @@ impl Transform {
         Ok(())
     }
 
+    /// Processes an input held whole in memory (a memory-mapped file), in windows of whole
+    /// lines, with the same output as [`Transform::run`] on the same bytes. After each window,
+    /// `release(end)` says that `data[..end]` will not be read again, so a caller can drop those
+    /// pages and keep memory bounded.
+    ///
+    /// # Errors
+    ///
+    /// Write errors, and the first invalid line under [`OnInvalid::Fail`].
+    pub fn run_slice(
+        &mut self,
+        data: &[u8],
+        out: &mut dyn Write,
+        release: &mut dyn FnMut(usize),
+    ) -> Result<(), Error> {
+        /// Small enough that the prefilter's passes over a window hit the cache.
+        const WINDOW: usize = 1 << 20;
+        let mut pos = 0;
+        if data.starts_with(BOM) {
+            if self.options.mode == Mode::Tag {
+                out.write_all(BOM)?;
+            }
+            self.stats.bytes += BOM.len() as u64;
+            pos = BOM.len();
+        }
+        while pos < data.len() {
+            let mut end = (pos + WINDOW).min(data.len());
+            if end < data.len() {
+                end = memchr::memchr(b'\n', &data[end - 1..]).map_or(data.len(), |i| end + i);
+            }
+            self.process(&data[pos..end], out)?;
+            release(end);
+            pos = end;
+        }
+        out.flush()?;
+        Ok(())
+    }
+
     /// The start of a line longer than the limit: counted, then handled like an invalid line.
     fn oversized(&mut self, head: &[u8], out: &mut dyn Write) -> Result<(), Error> {
         self.stats.oversized += 1;
@@ -322,9 +362,11 @@ impl Transform {
     pub fn process(&mut self, data: &[u8], out: &mut dyn Write) -> Result<(), Error> {
         let lines_before = self.stats.lines;
         self.stats.bytes += data.len() as u64;
-        self.stats.lines += memchr::memchr_iter(b'\n', data).count() as u64;
-        if data.last().is_some_and(|&b| b != b'\n') {
-            self.stats.lines += 1;
+        if self.options.count_lines || self.options.on_invalid == OnInvalid::Fail {
+            self.stats.lines += memchr::memchr_iter(b'\n', data).count() as u64;
+            if data.last().is_some_and(|&b| b != b'\n') {
+                self.stats.lines += 1;
+            }
         }
         let every_line = self.options.split_records
             || (self.options.mode == Mode::Filter && self.options.on_invalid != OnInvalid::Drop);
@@ -377,6 +419,21 @@ impl Transform {
         let line = &data[range.clone()];
         let terminator = &data[range.end..(range.end + 1).min(data.len())];
         let tag_mode = self.options.mode == Mode::Tag;
+        if line.len() > self.options.max_line_bytes {
+            // Only reached for input held in memory; streamed input never buffers such a line.
+            self.stats.oversized += 1;
+            if !tag_mode && self.options.on_invalid == OnInvalid::Fail {
+                let line_no = lines_before
+                    + memchr::memchr_iter(b'\n', &data[..range.start]).count() as u64
+                    + 1;
+                return Err(Error { kind: ErrorKind::Invalid { line: line_no, oversized: true } });
+            }
+            if tag_mode || self.options.on_invalid == OnInvalid::Pass {
+                out.write_all(line)?;
+                out.write_all(terminator)?;
+            }
+            return Ok(());
+        }
         self.stats.candidates += 1;
         let verdict = self.matcher.evaluate(line);
         self.stats.count(verdict);
