@@ -1,7 +1,7 @@
 //! A deterministic generator of realistic CloudTrail NDJSON, for kmsguard's shipped sample, its
 //! tests and its benchmarks.
 //!
-//! Events look like the Elastic AWS integration's output (ECS, 2 to 3 KB, `event.original`
+//! Events look like the Elastic AWS integration's output (ECS, about 3 KB, `event.original`
 //! holding the escaped raw record), or like the earlier shapes a shipping pipeline carries (raw
 //! records, Elastic Agent envelopes). A [`Profile`] sets the KMS share and the match share; the
 //! same seed always gives the same bytes, and the generator counts the matches it wrote so every
@@ -362,8 +362,7 @@ impl Generator {
             concat!(
                 r#"{{"@timestamp":"{time}","agent":{{"type":"filebeat","version":"8.11.0","name":"ingest-{region}"}},"#,
                 r#""aws":{{"cloudtrail":{{{error}"event_category":"Management","event_type":"AwsApiCall","event_version":"1.08","management_event":true,"#,
-                r#""flattened":{{"request_parameters":{{"keyId":"{key_arn}"}}}},"read_only":{ro},"recipient_account_id":"{acct}","request_id":"{rid}","#,
-                r#""request_parameters":"{{keyId={key_arn}}}","resources":{{"account_id":"{acct}","arn":"{key_arn}","type":"AWS::KMS::Key"}},"#,
+                r#""read_only":{ro},"recipient_account_id":"{acct}","request_id":"{rid}","request_parameters":"{{keyId={key_arn}}}","#,
                 r#""user_identity":{{"access_key_id":"{ak}","arn":"arn:aws:sts::{acct}:assumed-role/{user}/session","type":"AssumedRole","#,
                 r#""session_context":{{"creation_date":"{time}","mfa_authenticated":"false","session_issuer":{{"account_id":"{acct}","arn":"arn:aws:iam::{acct}:role/{user}","type":"Role"}}}}}}}}}},"#,
                 r#""cloud":{{"account":{{"id":"{acct}"}},"provider":"aws","region":"{region}"}},"#,
@@ -452,12 +451,12 @@ mod tests {
     }
 
     #[test]
-    fn ecs_events_are_two_to_three_kilobytes_of_valid_json() {
+    fn ecs_events_are_about_three_kilobytes_of_valid_json() {
         let mut g = Generator::new(Profile::MIXED, 3);
         for _ in 0..200 {
             let mut out = Vec::new();
             g.write_event(&mut out);
-            assert!((2000..3500).contains(&out.len()), "{}", out.len());
+            assert!((2000..4000).contains(&out.len()), "{}", out.len());
             serde_json::from_slice::<serde_json::Value>(&out).expect("valid JSON");
             assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1);
         }
