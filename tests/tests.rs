@@ -11,3 +11,5 @@ mod contract;
 mod conformance;
 // The shipped sample and the corpus generator that made it.
 mod sample;
+// The fuzz targets' properties, run on their committed seeds (stable, no fuzzer needed).
+mod fuzz_seeds;

@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 
 pub mod gen;
+pub mod props;
 
 use std::collections::HashSet;
 

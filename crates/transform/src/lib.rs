@@ -216,7 +216,7 @@ impl Transform {
     /// decided before the error has been written.
     pub fn run(&mut self, input: &mut dyn Read, out: &mut dyn Write) -> Result<(), Error> {
         let max_line = self.options.max_line_bytes;
-        let mut buf = vec![0u8; self.options.read_size.clamp(4096, max_line.saturating_add(1))];
+        let mut buf = vec![0u8; self.options.read_size.max(1).min(max_line.saturating_add(1))];
         let mut filled = 0;
         let mut at_start = true;
         // Inside an oversized line: its bytes stream through (or away) up to its `\n`.

@@ -1,0 +1,144 @@
+//! The properties the fuzz targets check, as plain functions, so that the same checks run on the
+//! committed seed corpora under `cargo test` on stable. Each panics when its property fails.
+
+use std::io::Read;
+
+use kmsguard_matcher::Matcher;
+use kmsguard_transform::{Mode, Options, Transform};
+
+use crate::{evaluate, gen, parse, Config, Json};
+
+/// The line a fuzz input stands for: its first byte picks raw bytes (odd) or a generated
+/// adversarial document (even) built from the rest.
+pub fn line_from(data: &[u8]) -> Vec<u8> {
+    match data.split_first() {
+        Some((b, rest)) if b % 2 == 1 => rest.to_vec(),
+        Some((_, rest)) => gen::document(rest),
+        None => Vec::new(),
+    }
+}
+
+/// Input of several lines: generated documents and raw bytes, split at `0xFF 0xFF`.
+pub fn lines_from(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for part in data.split(|&b| b == 0xFE) {
+        let mut line = line_from(part);
+        line.retain(|&b| b != b'\n');
+        out.extend_from_slice(&line);
+        out.push(b'\n');
+    }
+    out
+}
+
+/// The fast matcher agrees with the reference, and never matches a line its prefilter rejects.
+pub fn matcher_agrees(data: &[u8]) {
+    let line = line_from(data);
+    let config = Config::default();
+    let mut matcher = Matcher::new();
+    let want = evaluate(&config, &line);
+    let got = matcher.evaluate(&line);
+    assert_eq!(got, want, "line: {}", String::from_utf8_lossy(&line));
+    prefilter_is_sound_on(&mut matcher, &line);
+}
+
+/// A line the exact path matches is a prefilter candidate.
+pub fn prefilter_is_sound(data: &[u8]) {
+    prefilter_is_sound_on(&mut Matcher::new(), &line_from(data));
+}
+
+fn prefilter_is_sound_on(matcher: &mut Matcher, line: &[u8]) {
+    if matcher.evaluate(line).is_match() {
+        assert!(
+            matcher.prefilter().is_candidate(line),
+            "prefilter missed: {}",
+            String::from_utf8_lossy(line)
+        );
+        if !line.contains(&b'\n') {
+            let found: Vec<_> = matcher.prefilter().candidate_lines(line).collect();
+            assert_eq!(found.len(), 1);
+            assert_eq!(found[0], 0..line.len());
+        }
+    }
+}
+
+/// A reader that hands out its data in the sizes it is given, cycling.
+struct Chunked<'a> {
+    data: &'a [u8],
+    sizes: Vec<usize>,
+    turn: usize,
+}
+
+impl Read for Chunked<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let size = self.sizes[self.turn % self.sizes.len()].min(buf.len()).min(self.data.len());
+        self.turn += 1;
+        buf[..size].copy_from_slice(&self.data[..size]);
+        self.data = &self.data[size..];
+        Ok(size)
+    }
+}
+
+fn transform(mode: Mode, max_line_bytes: usize) -> Transform {
+    let options = Options { mode, max_line_bytes, read_size: 4096, ..Options::default() };
+    Transform::new(Matcher::new(), options)
+}
+
+/// The same input cut into arbitrary reads gives the same output as one slice, in both modes,
+/// and with a small line limit too.
+pub fn streaming_is_chunking_independent(data: &[u8]) {
+    let (head, rest) = data.split_at(data.len().min(4));
+    let sizes: Vec<usize> = head.iter().map(|&b| usize::from(b) % 97 + 1).chain([4096]).collect();
+    let input = lines_from(rest);
+    for mode in [Mode::Filter, Mode::Tag] {
+        for max_line in [usize::MAX / 2, 300] {
+            let mut once = Vec::new();
+            transform(mode, max_line).run_slice(&input, &mut once, &mut |_| {}).unwrap();
+            let mut chunked = Vec::new();
+            let mut reader = Chunked { data: &input, sizes: sizes.clone(), turn: 0 };
+            transform(mode, max_line).run(&mut reader, &mut chunked).unwrap();
+            assert_eq!(chunked, once, "mode {mode:?}, max line {max_line}, sizes {sizes:?}");
+        }
+    }
+}
+
+/// Tag mode gives back every line; changed lines are exactly the matches, each strict JSON with
+/// every original member kept (`tags` only extended) and the enrichment added.
+pub fn tag_mode_is_lossless(data: &[u8]) {
+    let input = lines_from(data);
+    let mut out = Vec::new();
+    transform(Mode::Tag, usize::MAX / 2).run(&mut &input[..], &mut out).unwrap();
+    let ins: Vec<&[u8]> = input.split(|&b| b == b'\n').collect();
+    let outs: Vec<&[u8]> = out.split(|&b| b == b'\n').collect();
+    assert_eq!(ins.len(), outs.len());
+    let config = Config::default();
+    for (n, (i, o)) in ins.iter().zip(&outs).enumerate() {
+        // A byte order mark at the start of the input is kept but not part of the document.
+        let bom = b"\xEF\xBB\xBF";
+        let (i, o) = match (n, i.strip_prefix(bom), o.strip_prefix(bom)) {
+            (0, Some(i), Some(o)) => (i, o),
+            _ => (*i, *o),
+        };
+        if !evaluate(&config, i).is_match() {
+            assert_eq!(i, o);
+            continue;
+        }
+        let (Some(Json::Object(before)), Some(after)) = (parse(i), parse(o)) else {
+            panic!("enriched line is not strict JSON: {}", String::from_utf8_lossy(o));
+        };
+        for (key, value) in &before {
+            let kept = after.get(key).unwrap_or_else(|| panic!("member {key} lost"));
+            if key == "tags" {
+                match (value, kept) {
+                    (old, new) if old == new => {}
+                    (Json::Array(old), Json::Array(new)) => assert_eq!(&new[..old.len()], &old[..]),
+                    (Json::Null, Json::Array(new)) => assert_eq!(new.len(), 1),
+                    (old, Json::Array(new)) => assert_eq!(new.first(), Some(old)),
+                    (old, new) => panic!("tags {old:?} became {new:?}"),
+                }
+            } else {
+                assert_eq!(kept, value, "member {key} changed");
+            }
+        }
+        assert!(after.get("rule").is_some() || after.get("kmsguard").is_some());
+    }
+}
