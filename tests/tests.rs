@@ -13,3 +13,5 @@ mod conformance;
 mod sample;
 // The fuzz targets' properties, run on their committed seeds (stable, no fuzzer needed).
 mod fuzz_seeds;
+// Live pipelines: a match written into an open pipe comes out at once.
+mod live;

@@ -1,0 +1,128 @@
+//! kmsguard in a live pipeline: stdin stays open, input arrives in bursts, and a match must not
+//! wait in a buffer (Fluentd's exec_filter, Vector's and Fluent Bit's exec plumbing).
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const MATCH: &str = r#"{"eventSource":"kms.amazonaws.com","eventName":"DisableKey","eventTime":"2026-11-28T10:00:00Z"}"#;
+const OTHER: &str = r#"{"eventSource":"kms.amazonaws.com","eventName":"Decrypt","eventTime":"2026-11-28T10:00:01Z"}"#;
+
+/// Spawns kmsguard with `args` and a thread that forwards each stdout line to a channel.
+fn spawn(args: &[&str]) -> (std::process::Child, std::process::ChildStdin, mpsc::Receiver<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kmsguard"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdin = child.stdin.take().unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    (child, stdin, rx)
+}
+
+#[test]
+fn a_match_comes_out_while_stdin_stays_open() {
+    let (mut child, mut stdin, rx) = spawn(&[]);
+    let start = Instant::now();
+    writeln!(stdin, "{OTHER}\n{MATCH}").unwrap();
+    stdin.flush().unwrap();
+    let line = rx.recv_timeout(Duration::from_secs(1)).expect("no output within a second");
+    assert!(line.contains(r#""eventName":"DisableKey""#) && line.contains(r#""rule":"#));
+    assert!(start.elapsed() < Duration::from_secs(1));
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(out.stderr.is_empty(), "stderr stays quiet: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Drives kmsguard as Fluentd's `out_exec_filter` does: JSON records in one-second batches on a
+/// pipe that stays open, reading results back as it goes, then EOF and exit 0.
+#[test]
+fn exec_filter_protocol_in_tag_mode() {
+    let (mut child, mut stdin, rx) = spawn(&["--mode", "tag"]);
+    for batch in 0..3 {
+        let batch_start = Instant::now();
+        let records = [OTHER, MATCH, OTHER];
+        for record in records {
+            writeln!(stdin, "{record}").unwrap();
+        }
+        stdin.flush().unwrap();
+        let got: Vec<String> = (0..records.len())
+            .map(|_| rx.recv_timeout(Duration::from_secs(1)).expect("batch answered"))
+            .collect();
+        assert_eq!(got[0], OTHER, "batch {batch}");
+        assert!(
+            got[1].starts_with(&MATCH[..MATCH.len() - 1])
+                && got[1].contains("kms-cmk-disabled-or-scheduled-for-deletion")
+        );
+        assert_eq!(got[2], OTHER);
+        std::thread::sleep(
+            Duration::from_secs(1)
+                .saturating_sub(batch_start.elapsed())
+                .min(Duration::from_millis(300)),
+        );
+    }
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(rx.try_recv().is_err(), "nothing beyond the records");
+}
+
+#[test]
+fn closed_stdout_ends_the_run_quietly() {
+    let mut input = String::new();
+    for _ in 0..200_000 {
+        input.push_str(MATCH);
+        input.push('\n');
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kmsguard"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(input.as_bytes());
+    });
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    drop(stdout); // like `| head -1`
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(first.contains("DisableKey"));
+    assert!(out.status.success(), "status {:?}", out.status);
+    assert!(out.stderr.is_empty(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn unreadable_inputs_are_reported_and_the_rest_still_run() {
+    let dir = std::env::temp_dir();
+    let out = Command::new(env!("CARGO_BIN_EXE_kmsguard"))
+        .arg(&dir)
+        .arg(dir.join("kmsguard-no-such-file"))
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/cloudtrail-sample.ndjson"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 2, "one line per bad input: {err}");
+    assert!(err.contains("Is a directory") && err.contains("No such file"), "{err}");
+    assert_eq!(
+        out.stdout.iter().filter(|&&b| b == b'\n').count(),
+        5,
+        "the sample's matches still come out"
+    );
+}
