@@ -33,7 +33,7 @@ fn spawn(args: &[&str]) -> (std::process::Child, std::process::ChildStdin, mpsc:
 
 #[test]
 fn a_match_comes_out_while_stdin_stays_open() {
-    let (mut child, mut stdin, rx) = spawn(&[]);
+    let (child, mut stdin, rx) = spawn(&[]);
     let start = Instant::now();
     writeln!(stdin, "{OTHER}\n{MATCH}").unwrap();
     stdin.flush().unwrap();
@@ -50,7 +50,7 @@ fn a_match_comes_out_while_stdin_stays_open() {
 /// pipe that stays open, reading results back as it goes, then EOF and exit 0.
 #[test]
 fn exec_filter_protocol_in_tag_mode() {
-    let (mut child, mut stdin, rx) = spawn(&["--mode", "tag"]);
+    let (child, mut stdin, rx) = spawn(&["--mode", "tag"]);
     for batch in 0..3 {
         let batch_start = Instant::now();
         let records = [OTHER, MATCH, OTHER];
