@@ -66,7 +66,7 @@ impl Profile {
     pub const ALL_CANDIDATES: Profile = Profile {
         name: "all-candidates",
         kms_share: 1.0,
-        near_miss_share: 0.5,
+        near_miss_share: 1.0,
         match_share: 0.5,
         format: Format::Ecs,
     };
