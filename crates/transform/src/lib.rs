@@ -30,8 +30,9 @@ mod stats;
 
 use std::fmt;
 use std::io::{self, Read, Write};
+use std::sync::Arc;
 
-use kmsguard_matcher::{Matcher, Shape, Verdict};
+use kmsguard_matcher::{Matcher, Prefilter, Shape, Verdict};
 use memchr::memmem::Finder;
 
 pub use crate::enrich::Enriched;
@@ -171,6 +172,9 @@ const BOM: &[u8] = b"\xEF\xBB\xBF";
 /// A streaming filter/tag transform over NDJSON.
 pub struct Transform {
     matcher: Matcher,
+    /// The matcher's prefilter, shared so the candidate loop can borrow it while `self` is
+    /// mutably borrowed for each decision (no clone per buffer).
+    prefilter: Arc<Prefilter>,
     options: Options,
     enricher: Enricher,
     records: Finder<'static>,
@@ -191,6 +195,7 @@ impl Transform {
         let tag = options.tag.clone().unwrap_or_else(|| matcher.rule().tag.to_owned());
         let enricher = Enricher::new(matcher.rule(), &tag);
         Transform {
+            prefilter: Arc::new(matcher.prefilter().clone()),
             matcher,
             options,
             enricher,
@@ -251,10 +256,7 @@ impl Transform {
                 }
                 at_start = false;
                 if buf[..filled].starts_with(BOM) {
-                    if self.options.mode == Mode::Tag {
-                        out.write_all(BOM)?;
-                    }
-                    self.stats.bytes += BOM.len() as u64;
+                    self.pass_bom(out)?;
                     buf.copy_within(BOM.len()..filled, 0);
                     filled -= BOM.len();
                     new = 0;
@@ -314,10 +316,7 @@ impl Transform {
         const WINDOW: usize = 1 << 20;
         let mut pos = 0;
         if data.starts_with(BOM) {
-            if self.options.mode == Mode::Tag {
-                out.write_all(BOM)?;
-            }
-            self.stats.bytes += BOM.len() as u64;
+            self.pass_bom(out)?;
             pos = BOM.len();
         }
         while pos < data.len() {
@@ -333,10 +332,31 @@ impl Transform {
         Ok(())
     }
 
+    /// A byte order mark at the start of an input: kept in tag mode, never part of a line.
+    fn pass_bom(&mut self, out: &mut dyn Write) -> Result<(), Error> {
+        if self.options.mode == Mode::Tag {
+            out.write_all(BOM)?;
+        }
+        self.stats.bytes += BOM.len() as u64;
+        Ok(())
+    }
+
+    /// Whether [`Stats::lines`] is kept: asked for, or needed to name a failing line.
+    fn counts_lines(&self) -> bool {
+        self.options.count_lines || self.options.on_invalid == OnInvalid::Fail
+    }
+
+    /// Whether filter mode must parse every line to apply its invalid-line policy.
+    fn validates_every_line(&self) -> bool {
+        self.options.mode == Mode::Filter && self.options.on_invalid != OnInvalid::Drop
+    }
+
     /// The start of a line longer than the limit: counted, then handled like an invalid line.
     fn oversized(&mut self, head: &[u8], out: &mut dyn Write) -> Result<(), Error> {
         self.stats.oversized += 1;
-        self.stats.lines += 1;
+        if self.counts_lines() {
+            self.stats.lines += 1;
+        }
         if self.options.mode == Mode::Filter && self.options.on_invalid == OnInvalid::Fail {
             return Err(Error {
                 kind: ErrorKind::Invalid { line: self.stats.lines, oversized: true },
@@ -362,14 +382,13 @@ impl Transform {
     pub fn process(&mut self, data: &[u8], out: &mut dyn Write) -> Result<(), Error> {
         let lines_before = self.stats.lines;
         self.stats.bytes += data.len() as u64;
-        if self.options.count_lines || self.options.on_invalid == OnInvalid::Fail {
+        if self.counts_lines() {
             self.stats.lines += memchr::memchr_iter(b'\n', data).count() as u64;
             if data.last().is_some_and(|&b| b != b'\n') {
                 self.stats.lines += 1;
             }
         }
-        let every_line = self.options.split_records
-            || (self.options.mode == Mode::Filter && self.options.on_invalid != OnInvalid::Drop);
+        let every_line = self.options.split_records || self.validates_every_line();
         let mut pos = 0;
         if every_line {
             while pos < data.len() {
@@ -384,7 +403,7 @@ impl Transform {
             }
             return Ok(());
         }
-        let prefilter = self.matcher.prefilter().clone();
+        let prefilter = Arc::clone(&self.prefilter);
         for range in prefilter.candidate_lines(data) {
             if self.options.mode == Mode::Tag {
                 out.write_all(&data[pos..range.start])?;
@@ -403,8 +422,8 @@ impl Transform {
         if line.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r')) {
             return false;
         }
-        (self.options.mode == Mode::Filter && self.options.on_invalid != OnInvalid::Drop)
-            || self.matcher.prefilter().is_candidate(line)
+        self.validates_every_line()
+            || self.prefilter.is_candidate(line)
             || (self.options.split_records && self.records.find(line).is_some())
     }
 
@@ -423,14 +442,12 @@ impl Transform {
             // Only reached for input held in memory; streamed input never buffers such a line.
             self.stats.oversized += 1;
             if !tag_mode && self.options.on_invalid == OnInvalid::Fail {
-                let line_no = lines_before
-                    + memchr::memchr_iter(b'\n', &data[..range.start]).count() as u64
-                    + 1;
-                return Err(Error { kind: ErrorKind::Invalid { line: line_no, oversized: true } });
+                out.flush()?;
+                let line = line_number(lines_before, data, range.start);
+                return Err(Error { kind: ErrorKind::Invalid { line, oversized: true } });
             }
             if tag_mode || self.options.on_invalid == OnInvalid::Pass {
-                out.write_all(line)?;
-                out.write_all(terminator)?;
+                write_line(out, line, terminator)?;
             }
             return Ok(());
         }
@@ -450,37 +467,29 @@ impl Transform {
                 if verdict.is_match() {
                     self.emit_match(line, terminator, out)?;
                 } else if tag_mode {
-                    out.write_all(line)?;
-                    out.write_all(terminator)?;
+                    write_line(out, line, terminator)?;
                 }
             }
             Verdict::Match(_) => self.emit_match(line, terminator, out)?,
             Verdict::NoMatch(_) => {
                 if tag_mode {
-                    out.write_all(line)?;
-                    out.write_all(terminator)?;
+                    write_line(out, line, terminator)?;
                 }
             }
             Verdict::Invalid => {
                 self.stats.invalid += 1;
                 match (tag_mode, self.options.on_invalid) {
                     (true, _) => {
-                        out.write_all(line)?;
-                        out.write_all(terminator)?;
+                        write_line(out, line, terminator)?;
                     }
                     (false, OnInvalid::Drop) => {}
                     (false, OnInvalid::Pass) => {
-                        out.write_all(line)?;
-                        out.write_all(b"\n")?;
+                        write_line(out, line, b"\n")?;
                     }
                     (false, OnInvalid::Fail) => {
-                        let line_no = lines_before
-                            + memchr::memchr_iter(b'\n', &data[..range.start]).count() as u64
-                            + 1;
                         out.flush()?;
-                        return Err(Error {
-                            kind: ErrorKind::Invalid { line: line_no, oversized: false },
-                        });
+                        let line = line_number(lines_before, data, range.start);
+                        return Err(Error { kind: ErrorKind::Invalid { line, oversized: false } });
                     }
                 }
             }
@@ -501,12 +510,9 @@ impl Transform {
         let enriched = self.enricher.enrich(line, &mut self.scratch);
         self.stats.enriched(enriched);
         if self.options.mode == Mode::Tag {
-            out.write_all(&self.scratch)?;
-            out.write_all(terminator)?;
+            write_line(out, &self.scratch, terminator)?;
         } else {
-            let text = self.scratch.strip_suffix(b"\r").unwrap_or(&self.scratch);
-            out.write_all(text)?;
-            out.write_all(b"\n")?;
+            write_line(out, self.scratch.strip_suffix(b"\r").unwrap_or(&self.scratch), b"\n")?;
         }
         Ok(())
     }
@@ -517,9 +523,20 @@ impl Transform {
         if self.matcher.evaluate_record(record).is_match() {
             self.emit_match(record, b"\n", out)?;
         } else if self.options.mode == Mode::Tag {
-            out.write_all(record)?;
-            out.write_all(b"\n")?;
+            write_line(out, record, b"\n")?;
         }
         Ok(())
     }
+}
+
+/// Writes a line and its terminator (`\n`, or nothing for a final line without one).
+fn write_line(out: &mut dyn Write, line: &[u8], terminator: &[u8]) -> io::Result<()> {
+    out.write_all(line)?;
+    out.write_all(terminator)
+}
+
+/// The 1-based number of the line starting at `data[start]`, `lines_before` lines having been
+/// read before `data`.
+fn line_number(lines_before: u64, data: &[u8], start: usize) -> u64 {
+    lines_before + memchr::memchr_iter(b'\n', &data[..start]).count() as u64 + 1
 }
