@@ -85,8 +85,9 @@ fn term_needles(terms: &[&str]) -> Vec<Vec<u8>> {
             }
         }
     }
+    // A single term is its own longest common substring.
     if best.len() >= MIN_SHARED || terms.len() == 1 {
-        vec![if terms.len() == 1 { first.to_vec() } else { best.to_vec() }]
+        vec![best.to_vec()]
     } else {
         terms.iter().map(|t| t.as_bytes().to_vec()).collect()
     }
