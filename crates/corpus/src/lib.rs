@@ -175,7 +175,8 @@ struct Event {
     access_key: String,
     request_id: String,
     event_id: String,
-    key_id: String,
+    /// The ARN of the KMS key the call names.
+    key_arn: String,
     read_only: bool,
 }
 
@@ -255,6 +256,7 @@ impl Generator {
             r.pick(&["deploy", "ci-runner", "alice", "bob", "data-pipeline", "backup"]),
             r.below(100)
         );
+        let key_arn = format!("arn:aws:kms:{region}:{account}:key/{key_id}");
         Event {
             time,
             source,
@@ -268,7 +270,7 @@ impl Generator {
             access_key,
             request_id,
             event_id,
-            key_id,
+            key_arn,
             read_only,
         }
     }
@@ -276,7 +278,7 @@ impl Generator {
     /// The raw CloudTrail record of `e`.
     fn raw(e: &Event) -> String {
         let role = format!("arn:aws:iam::{}:role/{}", e.account, e.user);
-        let key_arn = format!("arn:aws:kms:{}:{}:key/{}", e.region, e.account, e.key_id);
+        let key_arn = &e.key_arn;
         let mut s = format!(
             concat!(
                 r#"{{"eventVersion":"1.08","userIdentity":{{"type":"AssumedRole","principalId":"AROA{ak}:{user}","arn":"arn:aws:sts::{acct}:assumed-role/{user}/session","#,
@@ -357,7 +359,7 @@ impl Generator {
         let error = e.error.map_or(String::new(), |(code, message)| {
             format!(r#""error_code":"{code}","error_message":"{message}","#)
         });
-        let key_arn = format!("arn:aws:kms:{}:{}:key/{}", e.region, e.account, e.key_id);
+        let key_arn = &e.key_arn;
         format!(
             concat!(
                 r#"{{"@timestamp":"{time}","agent":{{"type":"filebeat","version":"8.11.0","name":"ingest-{region}"}},"#,
