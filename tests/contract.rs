@@ -102,16 +102,10 @@ fn filter_mode_is_tag_mode_without_the_rest() {
 #[test]
 fn output_does_not_depend_on_how_input_arrives() {
     use std::io::Write;
-    use std::process::{Command, Stdio};
     let input = mixed();
     for mode in ["filter", "tag"] {
         let once = stdout_of(&["--mode", mode], &input);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kmsguard"))
-            .args(["--mode", mode])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = crate::util::spawn(&["--mode", mode]);
         let mut pipe = child.stdin.take().unwrap();
         let data = input.clone();
         let writer = std::thread::spawn(move || {

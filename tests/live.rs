@@ -2,7 +2,7 @@
 //! wait in a buffer (Fluentd's exec_filter, Vector's and Fluent Bit's exec plumbing).
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -11,13 +11,7 @@ const OTHER: &str = r#"{"eventSource":"kms.amazonaws.com","eventName":"Decrypt",
 
 /// Spawns kmsguard with `args` and a thread that forwards each stdout line to a channel.
 fn spawn(args: &[&str]) -> (std::process::Child, std::process::ChildStdin, mpsc::Receiver<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kmsguard"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = crate::util::spawn(args);
     let stdin = child.stdin.take().unwrap();
     let stdout = BufReader::new(child.stdout.take().unwrap());
     let (tx, rx) = mpsc::channel();
@@ -86,12 +80,7 @@ fn closed_stdout_ends_the_run_quietly() {
         input.push_str(MATCH);
         input.push('\n');
     }
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kmsguard"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = crate::util::spawn(&[]);
     let mut stdin = child.stdin.take().unwrap();
     let writer = std::thread::spawn(move || {
         let _ = stdin.write_all(input.as_bytes());

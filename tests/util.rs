@@ -1,16 +1,21 @@
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 
-/// Runs kmsguard with `args`, feeding `stdin` from a thread, and returns its output.
-pub fn kmsguard(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kmsguard"))
+/// Starts kmsguard with `args` and all three standard streams piped.
+pub fn spawn(args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_kmsguard"))
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn kmsguard");
+        .expect("spawn kmsguard")
+}
+
+/// Runs kmsguard with `args`, feeding `stdin` from a thread, and returns its output.
+pub fn kmsguard(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = spawn(args);
     let mut pipe = child.stdin.take().unwrap();
     let input = stdin.to_vec();
     let writer = std::thread::spawn(move || {
