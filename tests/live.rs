@@ -115,3 +115,23 @@ fn unreadable_inputs_are_reported_and_the_rest_still_run() {
         "the sample's matches still come out"
     );
 }
+
+/// SIGTERM and SIGINT: what was read is decided and flushed, `--stats` is printed, and the exit
+/// status is 128 + the signal (143, 130), even though stdin is still open.
+#[test]
+fn signals_flush_report_and_exit_with_128_plus_the_signal() {
+    for (signal, status) in [("-TERM", 143), ("-INT", 130)] {
+        let (child, mut stdin, rx) = spawn(&["--stats"]);
+        writeln!(stdin, "{OTHER}\n{MATCH}").unwrap();
+        stdin.flush().unwrap();
+        let line = rx.recv_timeout(Duration::from_secs(1)).expect("the match comes out first");
+        assert!(line.contains("DisableKey"));
+        let killed = Command::new("kill").arg(signal).arg(child.id().to_string()).status().unwrap();
+        assert!(killed.success());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(status), "{signal}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("2 lines") && err.contains("1 matches"), "{signal}: {err}");
+        drop(stdin);
+    }
+}

@@ -12,7 +12,8 @@ Examples:
   vector ... | kmsguard --mode tag --assume-dataset aws.cloudtrail | vector ...
 
 Exit status: 0 when the input was read to its end (whether or not anything matched),
-1 when --on-invalid fail stopped at an invalid line, 2 on I/O or usage errors.
+1 when --on-invalid fail stopped at an invalid line, 2 on I/O or usage errors,
+130 / 143 after SIGINT / SIGTERM (what was read is decided, written and flushed first).
 A closed stdout (a downstream `head`) ends the run quietly with status 0.";
 
 /// Detects the Elastic rule "AWS KMS Customer Managed Key Disabled or Scheduled for Deletion"

@@ -1,6 +1,7 @@
 //! The `kmsguard` binary: NDJSON on stdin or files, matching CloudTrail events out.
 
 mod cli;
+mod signal;
 
 use std::fs::File;
 use std::io::{self, BufWriter, IsTerminal, Write};
@@ -16,9 +17,11 @@ use kmsguard_transform::{Mode, OnInvalid, Options, Transform};
 use memmap2::{Advice, Mmap, UncheckedAdvice};
 
 use crate::cli::{Args, DatasetField, ModeArg, OnInvalidArg};
+use crate::signal::StopOnSignal;
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    signal::install();
     match run(&args) {
         Ok(code) => code,
         Err(err) => {
@@ -105,6 +108,7 @@ fn run_mapped(
             };
             released = upto;
         }
+        signal::received().is_none()
     })
 }
 
@@ -126,13 +130,13 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
             let file = stdin.as_fd().try_clone_to_owned().map(File::from);
             match file.ok().filter(|_| !args.no_mmap).and_then(|f| map(&f)) {
                 Some(map) => run_mapped(&mut transform, &map, &mut out),
-                None => transform.run(&mut stdin.lock(), &mut out),
+                None => transform.run(&mut StopOnSignal(stdin.lock()), &mut out),
             }
         } else {
             match File::open(path) {
                 Ok(file) => match map(&file).filter(|_| !args.no_mmap) {
                     Some(map) => run_mapped(&mut transform, &map, &mut out),
-                    None => transform.run(&mut &file, &mut out),
+                    None => transform.run(&mut StopOnSignal(&file), &mut out),
                 },
                 Err(e) => {
                     eprintln!("kmsguard: {}: {e}", path.display());
@@ -160,10 +164,17 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
                 return Err(e).context("writing standard output");
             }
         }
+        if signal::received().is_some() {
+            break;
+        }
     }
     out.flush().context("writing standard output")?;
     if args.stats {
         eprintln!("{}", transform.stats().report(start.elapsed()));
+    }
+    if let Some(sig) = signal::received() {
+        // The shell convention for a run ended by a signal, after a clean flush.
+        return Ok(ExitCode::from(128 + sig as u8));
     }
     Ok(code)
 }
