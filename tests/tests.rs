@@ -15,3 +15,5 @@ mod sample;
 mod fuzz_seeds;
 // Live pipelines: a match written into an open pipe comes out at once.
 mod live;
+// Hostile input, end to end: each case's output and exit status, memory where it matters.
+mod hostile;
