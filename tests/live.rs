@@ -135,3 +135,28 @@ fn signals_flush_report_and_exit_with_128_plus_the_signal() {
         drop(stdin);
     }
 }
+
+/// The alert budget: the first N matches of a window are enriched; the rest pass unenriched
+/// (tag) or are dropped (filter), are counted, and are announced once per window.
+#[test]
+fn alert_budget_caps_enriched_alerts_per_window() {
+    let input = format!("{MATCH}\n{OTHER}\n{MATCH}\n{MATCH}\n{MATCH}\n");
+    let out =
+        crate::util::kmsguard(&["--mode", "tag", "--max-alerts", "2", "--stats"], input.as_bytes());
+    assert!(out.status.success());
+    let lines: Vec<&str> = std::str::from_utf8(&out.stdout).unwrap().lines().collect();
+    assert_eq!(lines.len(), 5);
+    assert!(lines[0].contains("\"rule\":") && lines[2].contains("\"rule\":"));
+    assert_eq!(lines[1], OTHER);
+    assert_eq!(&lines[3..], [MATCH, MATCH], "over the budget: unchanged");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("alert budget of")).collect();
+    assert_eq!(warnings, ["kmsguard: alert budget of 2 per 600 s spent; further matches in this window pass unenriched"]);
+    assert!(err.contains("2 matches") && err.contains("2 over the alert budget"), "{err}");
+    let filtered = crate::util::kmsguard(&["--max-alerts", "1"], input.as_bytes());
+    assert_eq!(filtered.stdout.iter().filter(|&&b| b == b'\n').count(), 1);
+    assert!(String::from_utf8_lossy(&filtered.stderr).contains("are dropped"));
+    // Off by default: every match is enriched.
+    let all = crate::util::stdout_of(&[], input.as_bytes());
+    assert_eq!(all.iter().filter(|&&b| b == b'\n').count(), 4);
+}

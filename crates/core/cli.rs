@@ -67,6 +67,16 @@ pub struct Args {
     #[arg(long)]
     pub tag: Option<String>,
 
+    /// Enrich at most N alerts per --alert-window, as Elastic caps a rule at max_signals (100)
+    /// per execution. Matches over the budget are counted, announced by one stderr line per
+    /// window, and treated as non-matching: unchanged in tag mode, dropped in filter mode.
+    #[arg(long, value_name = "N")]
+    pub max_alerts: Option<u64>,
+
+    /// The alert budget's window in wall-clock seconds (default 600, the rule's interval).
+    #[arg(long, value_name = "SECONDS", default_value_t = 600, requires = "max_alerts")]
+    pub alert_window: u64,
+
     /// Never memory-map regular files; read them like a pipe.
     #[arg(long)]
     pub no_mmap: bool,

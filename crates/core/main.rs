@@ -13,7 +13,7 @@ use std::os::fd::AsFd;
 use anyhow::Context;
 use clap::Parser;
 use kmsguard_matcher::{Matcher, Rule, Shapes, DATA_STREAM_DATASET, EVENT_DATASET};
-use kmsguard_transform::{Mode, OnInvalid, Options, Transform};
+use kmsguard_transform::{AlertBudget, Mode, OnInvalid, Options, Transform};
 use memmap2::{Advice, Mmap, UncheckedAdvice};
 
 use crate::cli::{Args, DatasetField, ModeArg, OnInvalidArg};
@@ -70,6 +70,10 @@ fn build(args: &Args) -> Transform {
         max_line_bytes: args.max_line_bytes,
         tag: args.tag.clone(),
         count_lines: args.stats,
+        alert_budget: args.max_alerts.map(|max| AlertBudget {
+            max,
+            window: std::time::Duration::from_secs(args.alert_window),
+        }),
         ..Options::default()
     };
     Transform::new(matcher, options)

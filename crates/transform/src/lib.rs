@@ -24,6 +24,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod budget;
 mod enrich;
 mod scan;
 mod stats;
@@ -31,13 +32,16 @@ mod stats;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
+use std::time::Instant;
 
 use kmsguard_matcher::{Matcher, Prefilter, Shape, Verdict};
 use memchr::memmem::Finder;
 
+pub use crate::budget::AlertBudget;
 pub use crate::enrich::Enriched;
 pub use crate::stats::Stats;
 
+use crate::budget::{Spend, Spender};
 use crate::enrich::Enricher;
 
 /// What comes out.
@@ -88,6 +92,10 @@ pub struct Options {
     pub tag: Option<String>,
     /// Count lines for [`Stats::lines`]: one more pass over the input (`--stats` asks for it).
     pub count_lines: bool,
+    /// At most this many enriched alerts per window (off when `None`). Matches over the budget
+    /// are counted in [`Stats::over_budget`], announced by one line on stderr per window, and
+    /// otherwise treated as non-matching lines: unchanged in tag mode, dropped in filter mode.
+    pub alert_budget: Option<AlertBudget>,
 }
 
 /// Elasticsearch's default `http.max_content_length`: a longer document cannot be indexed, so
@@ -104,6 +112,7 @@ impl Default for Options {
             read_size: 1 << 20,
             tag: None,
             count_lines: true,
+            alert_budget: None,
         }
     }
 }
@@ -183,6 +192,7 @@ pub struct Transform {
     stats: Stats,
     /// Reused output buffer for enriched lines.
     scratch: Vec<u8>,
+    budget: Option<Spender>,
 }
 
 impl fmt::Debug for Transform {
@@ -196,6 +206,7 @@ impl Transform {
     pub fn new(matcher: Matcher, options: Options) -> Transform {
         let tag = options.tag.clone().unwrap_or_else(|| matcher.rule().tag.to_owned());
         let enricher = Enricher::new(matcher.rule(), &tag);
+        let budget = options.alert_budget.map(Spender::new);
         Transform {
             prefilter: Arc::new(matcher.prefilter().clone()),
             matcher,
@@ -204,6 +215,7 @@ impl Transform {
             records: Finder::new("Records").into_owned(),
             stats: Stats::default(),
             scratch: Vec::new(),
+            budget,
         }
     }
 
@@ -510,6 +522,22 @@ impl Transform {
         terminator: &[u8],
         out: &mut dyn Write,
     ) -> Result<(), Error> {
+        if let Some(Spend::Over { warn }) = self.budget.as_mut().map(|b| b.spend(Instant::now())) {
+            self.stats.over_budget += 1;
+            if warn {
+                let b = self.options.alert_budget.expect("a spender has a budget");
+                eprintln!(
+                    "kmsguard: alert budget of {} per {} s spent; further matches in this window {}",
+                    b.max,
+                    b.window.as_secs(),
+                    if self.options.mode == Mode::Tag { "pass unenriched" } else { "are dropped" }
+                );
+            }
+            if self.options.mode == Mode::Tag {
+                write_line(out, line, terminator)?;
+            }
+            return Ok(());
+        }
         self.stats.matches += 1;
         self.scratch.clear();
         let enriched = self.enricher.enrich(line, &mut self.scratch);

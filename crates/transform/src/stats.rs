@@ -29,6 +29,8 @@ pub struct Stats {
     pub displaced: u64,
     /// Matches where even `kmsguard` was taken, so part of the enrichment was skipped.
     pub skipped: u64,
+    /// Matches over the alert budget, not enriched.
+    pub over_budget: u64,
     /// Per shape, in [`Shape::ALL`] order: (parsed lines of that shape, of which matched).
     pub shapes: [(u64, u64); 5],
 }
@@ -60,6 +62,9 @@ impl Stats {
         if self.displaced + self.skipped > 0 {
             let _ =
                 write!(s, ", {} displaced, {} skipped enrichments", self.displaced, self.skipped);
+        }
+        if self.over_budget > 0 {
+            let _ = write!(s, ", {} over the alert budget", self.over_budget);
         }
         s.push_str("\nkmsguard: shapes (parsed/matched):");
         for shape in Shape::ALL {
