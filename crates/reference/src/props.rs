@@ -1,6 +1,7 @@
 //! The properties the fuzz targets check, as plain functions, so that the same checks run on the
 //! committed seed corpora under `cargo test` on stable. Each panics when its property fails.
 
+use std::cell::RefCell;
 use std::io::Read;
 
 use kmsguard_matcher::Matcher;
@@ -30,20 +31,26 @@ pub fn lines_from(data: &[u8]) -> Vec<u8> {
     out
 }
 
+thread_local! {
+    /// One matcher per thread, reused across inputs as the binary reuses it across lines (which
+    /// also checks that no state leaks from one line to the next).
+    static MATCHER: RefCell<Matcher> = RefCell::new(Matcher::new());
+}
+
 /// The fast matcher agrees with the reference, and never matches a line its prefilter rejects.
 pub fn matcher_agrees(data: &[u8]) {
     let line = line_from(data);
-    let config = Config::default();
-    let mut matcher = Matcher::new();
-    let want = evaluate(&config, &line);
-    let got = matcher.evaluate(&line);
-    assert_eq!(got, want, "line: {}", String::from_utf8_lossy(&line));
-    prefilter_is_sound_on(&mut matcher, &line);
+    let want = evaluate(&Config::default(), &line);
+    MATCHER.with_borrow_mut(|matcher| {
+        let got = matcher.evaluate(&line);
+        assert_eq!(got, want, "line: {}", String::from_utf8_lossy(&line));
+        prefilter_is_sound_on(matcher, &line);
+    });
 }
 
 /// A line the exact path matches is a prefilter candidate.
 pub fn prefilter_is_sound(data: &[u8]) {
-    prefilter_is_sound_on(&mut Matcher::new(), &line_from(data));
+    MATCHER.with_borrow_mut(|matcher| prefilter_is_sound_on(matcher, &line_from(data)));
 }
 
 fn prefilter_is_sound_on(matcher: &mut Matcher, line: &[u8]) {
