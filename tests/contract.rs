@@ -182,3 +182,28 @@ fn stats_go_to_stderr_only_when_asked() {
     assert!(err.contains("shapes (parsed/matched): records"), "{err}");
     assert!(err.contains("MB/s"), "{err}");
 }
+
+/// `--threads` on a mapped file: the same bytes out, in the same order, and the same counts, as
+/// one thread; a file of several chunks per thread, with adversarial lines at the end.
+#[test]
+fn threads_keep_output_and_counts() {
+    let mut gen = kmsguard_corpus::Generator::new(kmsguard_corpus::Profile::KMS_HEAVY, 9);
+    let mut data = Vec::new();
+    gen.fill(&mut data, 20 << 20);
+    data.extend_from_slice(&mixed());
+    let path = std::env::temp_dir().join(format!("kmsguard-threads-{}.ndjson", std::process::id()));
+    std::fs::write(&path, &data).unwrap();
+    let file = path.to_str().unwrap();
+    for mode in ["filter", "tag"] {
+        let one = kmsguard(&["--mode", mode, "--stats", file], b"");
+        assert!(one.status.success());
+        for threads in ["2", "3"] {
+            let many = kmsguard(&["--mode", mode, "--stats", "--threads", threads, file], b"");
+            assert!(many.stdout == one.stdout, "mode {mode}, {threads} threads: output differs");
+            let counts =
+                |err: &[u8]| String::from_utf8_lossy(err).lines().next().unwrap().to_owned();
+            assert_eq!(counts(&many.stderr), counts(&one.stderr), "mode {mode}, {threads} threads");
+        }
+    }
+    std::fs::remove_file(&path).unwrap();
+}

@@ -77,6 +77,12 @@ pub struct Args {
     #[arg(long, value_name = "SECONDS", default_value_t = 600, requires = "max_alerts")]
     pub alert_window: u64,
 
+    /// Decide a memory-mapped file on N threads, in chunks of whole lines, output in input order.
+    /// Pipes are always read on one thread, and so is every input under --on-invalid fail or
+    /// --max-alerts (their line numbers and budget belong to one stream).
+    #[arg(short = 'j', long, value_name = "N", default_value_t = 1)]
+    pub threads: usize,
+
     /// Never memory-map regular files; read them like a pipe.
     #[arg(long)]
     pub no_mmap: bool,

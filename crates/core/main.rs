@@ -13,7 +13,7 @@ use std::os::fd::AsFd;
 use anyhow::Context;
 use clap::Parser;
 use kmsguard_matcher::{Matcher, Rule, Shapes, DATA_STREAM_DATASET, EVENT_DATASET};
-use kmsguard_transform::{AlertBudget, Mode, OnInvalid, Options, Transform};
+use kmsguard_transform::{line_end_after, AlertBudget, Mode, OnInvalid, Options, Transform};
 use memmap2::{Advice, Mmap, UncheckedAdvice};
 
 use crate::cli::{Args, DatasetField, ModeArg, OnInvalidArg};
@@ -93,32 +93,95 @@ fn map(file: &File) -> Option<Mmap> {
     Some(map)
 }
 
-/// Runs over a mapped file, dropping each window's pages once it is decided so that resident
-/// memory stays a few MiB whatever the file's size.
-fn run_mapped(
-    transform: &mut Transform,
-    map: &Mmap,
-    out: &mut dyn Write,
-) -> Result<(), kmsguard_transform::Error> {
-    let page = 4096;
-    let mut released = 0;
-    transform.run_slice(map, out, &mut |end| {
-        let upto = end / page * page;
-        if upto > released {
+/// Drops the pages of a mapped file that have been decided, so that resident memory stays a few
+/// MiB whatever the file's size; says whether to go on (no stop signal has arrived).
+struct Releaser<'a> {
+    map: &'a Mmap,
+    released: usize,
+}
+
+impl Releaser<'_> {
+    fn release(&mut self, end: usize) -> bool {
+        let upto = end / 4096 * 4096;
+        if upto > self.released {
             // SAFETY: `MADV_DONTNEED` on a read-only file mapping drops our copy of the pages;
             // touching them again (we never do) would re-read the file, not see zeros.
             let _ = unsafe {
-                map.unchecked_advise_range(UncheckedAdvice::DontNeed, released, upto - released)
+                self.map.unchecked_advise_range(
+                    UncheckedAdvice::DontNeed,
+                    self.released,
+                    upto - self.released,
+                )
             };
-            released = upto;
+            self.released = upto;
         }
         signal::received().is_none()
-    })
+    }
+}
+
+/// How much of a mapped file each thread decides per round.
+const CHUNK: usize = 4 << 20;
+
+/// Runs over a mapped file. With more than one transform, each round cuts the next
+/// `CHUNK` x N bytes into N chunks of whole lines, decides them on N threads, and writes their
+/// outputs in input order.
+fn run_mapped(
+    transforms: &mut [Transform],
+    map: &Mmap,
+    out: &mut dyn Write,
+) -> Result<(), kmsguard_transform::Error> {
+    let mut releaser = Releaser { map, released: 0 };
+    if let [only] = transforms {
+        return only.run_slice(map, out, &mut |end| releaser.release(end));
+    }
+    let data: &[u8] = map;
+    let mut pos = transforms[0].skip_bom(data, out)?;
+    let mut outs: Vec<Vec<u8>> = vec![Vec::new(); transforms.len()];
+    while pos < data.len() {
+        let chunks: Vec<_> = (0..transforms.len())
+            .map(|_| {
+                let start = pos;
+                pos = line_end_after(data, pos + CHUNK);
+                start..pos
+            })
+            .collect();
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = transforms
+                .iter_mut()
+                .zip(&mut outs)
+                .zip(&chunks)
+                .map(|((t, o), chunk)| {
+                    o.clear();
+                    scope.spawn(move || t.process_slice(&data[chunk.clone()], o))
+                })
+                .collect();
+            workers.into_iter().try_for_each(|w| w.join().expect("a worker panicked"))
+        })?;
+        for o in &outs {
+            out.write_all(o)?;
+        }
+        if !releaser.release(pos) {
+            break;
+        }
+    }
+    out.flush()?;
+    Ok(())
 }
 
 fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let start = Instant::now();
-    let mut transform = build(args);
+    // Line numbers (--on-invalid fail) and the alert budget belong to one stream: one thread.
+    let threads = if args.on_invalid == OnInvalidArg::Fail || args.max_alerts.is_some() {
+        1
+    } else {
+        args.threads.max(1)
+    };
+    let mut transforms: Vec<Transform> = (0..threads).map(|_| build(args)).collect();
+    let report = |transforms: &[Transform]| {
+        let mut stats = transforms[0].stats().clone();
+        transforms[1..].iter().for_each(|t| stats.add(t.stats()));
+        eprintln!("{}", stats.report(start.elapsed()));
+    };
     let stdout = io::stdout();
     let lock = stdout.lock();
     // Block-buffer a pipe or file; a terminal sees each line as soon as it is decided.
@@ -133,14 +196,14 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
             // A redirected regular file can be mapped through the stdin descriptor.
             let file = stdin.as_fd().try_clone_to_owned().map(File::from);
             match file.ok().filter(|_| !args.no_mmap).and_then(|f| map(&f)) {
-                Some(map) => run_mapped(&mut transform, &map, &mut out),
-                None => transform.run(&mut StopOnSignal(stdin.lock()), &mut out),
+                Some(map) => run_mapped(&mut transforms, &map, &mut out),
+                None => transforms[0].run(&mut StopOnSignal(stdin.lock()), &mut out),
             }
         } else {
             match File::open(path) {
                 Ok(file) => match map(&file).filter(|_| !args.no_mmap) {
-                    Some(map) => run_mapped(&mut transform, &map, &mut out),
-                    None => transform.run(&mut StopOnSignal(&file), &mut out),
+                    Some(map) => run_mapped(&mut transforms, &map, &mut out),
+                    None => transforms[0].run(&mut StopOnSignal(&file), &mut out),
                 },
                 Err(e) => {
                     eprintln!("kmsguard: {}: {e}", path.display());
@@ -163,7 +226,7 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
             }
             Err(e) => {
                 if args.stats {
-                    eprintln!("{}", transform.stats().report(start.elapsed()));
+                    report(&transforms);
                 }
                 return Err(e).context("writing standard output");
             }
@@ -174,7 +237,7 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
     }
     out.flush().context("writing standard output")?;
     if args.stats {
-        eprintln!("{}", transform.stats().report(start.elapsed()));
+        report(&transforms);
     }
     if let Some(sig) = signal::received() {
         // The shell convention for a run ended by a signal, after a clean flush.

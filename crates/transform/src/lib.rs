@@ -327,18 +327,9 @@ impl Transform {
         out: &mut dyn Write,
         release: &mut dyn FnMut(usize) -> bool,
     ) -> Result<(), Error> {
-        /// Small enough that the prefilter's passes over a window hit the cache.
-        const WINDOW: usize = 1 << 20;
-        let mut pos = 0;
-        if data.starts_with(BOM) {
-            self.pass_bom(out)?;
-            pos = BOM.len();
-        }
+        let mut pos = self.skip_bom(data, out)?;
         while pos < data.len() {
-            let mut end = (pos + WINDOW).min(data.len());
-            if end < data.len() {
-                end = memchr::memchr(b'\n', &data[end - 1..]).map_or(data.len(), |i| end + i);
-            }
+            let end = line_end_after(data, pos + WINDOW);
             self.process(&data[pos..end], out)?;
             pos = end;
             if !release(end) {
@@ -347,6 +338,38 @@ impl Transform {
         }
         out.flush()?;
         Ok(())
+    }
+
+    /// Processes `data`, whole lines from the middle of an input held in memory, in
+    /// cache-sized windows; no byte order mark is looked for and `out` is not flushed. A caller
+    /// that splits a mapped file between threads gives each chunk to its own transform.
+    ///
+    /// # Errors
+    ///
+    /// Write errors, and the first invalid line under [`OnInvalid::Fail`] (whose line number
+    /// then counts from the chunk's start).
+    pub fn process_slice(&mut self, data: &[u8], out: &mut dyn Write) -> Result<(), Error> {
+        let mut pos = 0;
+        while pos < data.len() {
+            let end = line_end_after(data, pos + WINDOW);
+            self.process(&data[pos..end], out)?;
+            pos = end;
+        }
+        Ok(())
+    }
+
+    /// When `data`, the start of an input, begins with a byte order mark: handles it (kept in tag
+    /// mode, never part of a line) and returns its length; else 0.
+    ///
+    /// # Errors
+    ///
+    /// Write errors.
+    pub fn skip_bom(&mut self, data: &[u8], out: &mut dyn Write) -> Result<usize, Error> {
+        if !data.starts_with(BOM) {
+            return Ok(0);
+        }
+        self.pass_bom(out)?;
+        Ok(BOM.len())
     }
 
     /// A byte order mark at the start of an input: kept in tag mode, never part of a line.
@@ -562,6 +585,19 @@ impl Transform {
     }
 }
 
+/// Small enough that the prefilter's passes over a window hit the cache.
+const WINDOW: usize = 1 << 20;
+
+/// The end of the line holding `data[at - 1]` (just past its `\n`), or `data.len()`: windows
+/// and chunks of a buffer are cut there so that no line is split.
+pub fn line_end_after(data: &[u8], at: usize) -> usize {
+    if at >= data.len() {
+        return data.len();
+    }
+    let from = at.saturating_sub(1);
+    memchr::memchr(b'\n', &data[from..]).map_or(data.len(), |i| from + i + 1)
+}
+
 /// Writes a line and its terminator (`\n`, or nothing for a final line without one).
 fn write_line(out: &mut dyn Write, line: &[u8], terminator: &[u8]) -> io::Result<()> {
     out.write_all(line)?;
@@ -572,4 +608,19 @@ fn write_line(out: &mut dyn Write, line: &[u8], terminator: &[u8]) -> io::Result
 /// read before `data`.
 fn line_number(lines_before: u64, data: &[u8], start: usize) -> u64 {
     lines_before + memchr::memchr_iter(b'\n', &data[..start]).count() as u64 + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::line_end_after;
+
+    #[test]
+    fn cuts_fall_just_after_a_newline() {
+        let data = b"ab\ncd\nef";
+        assert_eq!(line_end_after(data, 0), 3);
+        assert_eq!(line_end_after(data, 3), 3, "a cut right after a newline stays there");
+        assert_eq!(line_end_after(data, 4), 6);
+        assert_eq!(line_end_after(data, 7), 8, "the last line has no newline");
+        assert_eq!(line_end_after(data, 50), 8);
+    }
 }

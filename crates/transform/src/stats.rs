@@ -49,6 +49,37 @@ impl Stats {
         self.skipped += u64::from(e.skipped);
     }
 
+    /// Adds `other`'s counts to these (the stats of transforms that shared one input).
+    pub fn add(&mut self, other: &Stats) {
+        let Stats {
+            lines,
+            bytes,
+            candidates,
+            matches,
+            invalid,
+            oversized,
+            records,
+            displaced,
+            skipped,
+            over_budget,
+            shapes,
+        } = other;
+        self.lines += lines;
+        self.bytes += bytes;
+        self.candidates += candidates;
+        self.matches += matches;
+        self.invalid += invalid;
+        self.oversized += oversized;
+        self.records += records;
+        self.displaced += displaced;
+        self.skipped += skipped;
+        self.over_budget += over_budget;
+        for (mine, theirs) in self.shapes.iter_mut().zip(shapes) {
+            mine.0 += theirs.0;
+            mine.1 += theirs.1;
+        }
+    }
+
     /// A short human report for stderr, with throughput over `elapsed`.
     pub fn report(&self, elapsed: Duration) -> String {
         let secs = elapsed.as_secs_f64().max(1e-9);
