@@ -160,3 +160,38 @@ fn alert_budget_caps_enriched_alerts_per_window() {
     let all = crate::util::stdout_of(&[], input.as_bytes());
     assert_eq!(all.iter().filter(|&&b| b == b'\n').count(), 4);
 }
+
+/// A reader that stops reading: kmsguard blocks on its write, without spinning and without
+/// buffering the rest of its input; when the reader comes back, everything arrives.
+#[test]
+fn blocked_stdout_neither_spins_nor_grows() {
+    use std::io::Read;
+    let line = format!("{OTHER}\n");
+    let total = (64 << 20) / line.len() * line.len();
+    let mut child = crate::util::spawn(&["--mode", "tag"]);
+    let mut stdin = child.stdin.take().unwrap();
+    let input = line.repeat(total / line.len());
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()).unwrap());
+    std::thread::sleep(Duration::from_millis(1500));
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap();
+    // Fields 14 and 15 (after the parenthesised name): user and system time in clock ticks.
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let rss_kib: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(ticks < 50, "{ticks} ticks of CPU while blocked: a busy loop?");
+    assert!(rss_kib < 32 << 10, "{rss_kib} KiB resident while blocked");
+    let mut out = Vec::new();
+    child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+    writer.join().unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(out.len(), total, "every byte arrives once the reader is back");
+}
