@@ -534,6 +534,8 @@ mod tests {
         not_an_object: r#"["DisableKey"]"#.into() => Invalid;
         crlf: format!("{{{M},\"event.action\":\"DisableKey\"}}\r") => ECS;
         lone_surrogate_elsewhere: format!(r#"{{{M},"event.action":"DisableKey","x":"\ud800"}}"#) => ECS;
+        distinct_lone_surrogate_keys: format!(r#"{{{M},"event.action":"DisableKey","\ud800":1,"\ud801":2,"\ufffd":3}}"#) => ECS;
+        same_lone_surrogate_key_twice: format!(r#"{{{M},"event.action":"DisableKey","\ud800":1,"\uD800":2}}"#) => Invalid;
         huge_number_elsewhere: format!(r#"{{{M},"event.action":"DisableKey","x":1e400,"y":{}}}"#, "9".repeat(10_000)) => ECS;
         invalid_number: format!(r#"{{{M},"event.action":"DisableKey","x":01}}"#) => Invalid;
         too_deep: format!(r#"{{{M},"event.action":"DisableKey","x":{}{}}}"#, "[".repeat(1000), "]".repeat(1000)) => Invalid;

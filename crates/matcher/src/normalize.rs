@@ -5,8 +5,12 @@
 //! `i64`/`u64`/`f64` range (`1e400`, a 10,000-digit integer). Neither can decide the rule: a
 //! surrogate is never part of a term, and a number never equals a keyword. So when a parse
 //! fails, the evaluator rewrites the copy it parses, in place and at the same length, and tries
-//! once more: lone surrogate escapes become `\ufffd`, and every well-formed number becomes `0`
-//! padded with spaces. Neither rewrite can turn invalid JSON into valid JSON.
+//! once more: every well-formed number becomes `0` padded with spaces, and each lone surrogate
+//! escape becomes its own private-use character (`\ud800` + k to `\ue000` + k). Elasticsearch
+//! indexes such a value as U+FFFD, but its JSON parser keeps `{"\ud800":1,"\ud801":2}` two
+//! different keys; a private-use stand-in per surrogate keeps them different for the duplicate
+//! check, where one U+FFFD for all would call them a repeated key. Neither rewrite can turn
+//! invalid JSON into valid JSON.
 
 /// Rewrites lone surrogate escapes inside strings and well-formed numbers outside them.
 /// Returns whether anything changed.
@@ -41,14 +45,12 @@ fn string_end(buf: &mut [u8], mut i: usize, changed: &mut bool) -> usize {
         match buf[i] {
             b'"' => return i + 1,
             b'\\' if buf.get(i + 1) == Some(&b'u') => match surrogate(buf, i) {
-                Some(high @ 0xD800..=0xDBFF)
-                    if matches!(surrogate(buf, i + 6), Some(0xDC00..=0xDFFF)) =>
-                {
-                    let _ = high;
+                Some(0xD800..=0xDBFF) if matches!(surrogate(buf, i + 6), Some(0xDC00..=0xDFFF)) => {
                     i += 12;
                 }
-                Some(_) => {
-                    buf[i + 2..i + 6].copy_from_slice(b"fffd");
+                Some(unit) => {
+                    let stand_in = format!("{:04x}", 0xE000 + (unit - 0xD800));
+                    buf[i + 2..i + 6].copy_from_slice(stand_in.as_bytes());
                     *changed = true;
                     i += 6;
                 }
@@ -114,11 +116,11 @@ mod tests {
     }
 
     #[test]
-    fn lone_surrogates_become_replacement_char() {
-        assert_eq!(norm(r#"{"a":"\ud800"}"#).0, r#"{"a":"\ufffd"}"#);
-        assert_eq!(norm(r#"{"a":"\uDC00x"}"#).0, r#"{"a":"\ufffdx"}"#);
-        assert_eq!(norm(r#"{"a":"\ud800\u0041"}"#).0, r#"{"a":"\ufffd\u0041"}"#);
-        assert_eq!(norm(r#"{"\ud800":1}"#).0, r#"{"\ufffd":0}"#);
+    fn lone_surrogates_become_distinct_private_use_chars() {
+        assert_eq!(norm(r#"{"a":"\ud800"}"#).0, r#"{"a":"\ue000"}"#);
+        assert_eq!(norm(r#"{"a":"\uDC00x"}"#).0, r#"{"a":"\ue400x"}"#);
+        assert_eq!(norm(r#"{"a":"\ud800\u0041"}"#).0, r#"{"a":"\ue000\u0041"}"#);
+        assert_eq!(norm(r#"{"\ud800":1}"#).0, r#"{"\ue000":0}"#);
     }
 
     #[test]

@@ -319,6 +319,8 @@ fn mutate(ch: &mut Choices, doc: String) -> Vec<u8> {
                 ",\"n\":123456789012345678901234567890",
                 ",\"n\":01",
                 ",\"s\":\"\\uDC00\\ud800\\udc00\"",
+                ",\"\\ud800\":1,\"\\ud801\":2",
+                ",\"\\ud800\":1,\"\\uD800\":2",
             ]);
             if let Some(i) = bytes.iter().rposition(|&b| b == b'}') {
                 bytes.splice(i..i, extra.bytes());

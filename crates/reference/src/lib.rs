@@ -106,7 +106,9 @@ impl Json {
 
 /// Parses one document the way Elasticsearch accepts it (spec section 3), or `None`: valid JSON
 /// and UTF-8, nothing after the value, no repeated key in any object, at most [`MAX_DEPTH`]
-/// levels of nesting. A lone surrogate escape is read as U+FFFD.
+/// levels of nesting. A lone surrogate escape is read as a private-use character of its own
+/// (U+E000 + its offset from U+D800): Elasticsearch indexes it as U+FFFD, but keys that differ
+/// only in their lone surrogates are still different keys.
 pub fn parse(bytes: &[u8]) -> Option<Json> {
     let text = std::str::from_utf8(bytes).ok()?;
     if depth(text) > MAX_DEPTH {
@@ -147,7 +149,8 @@ fn depth(text: &str) -> usize {
     max
 }
 
-/// Rewrites `\uXXXX` escapes of surrogates that are not part of a high+low pair as `\ufffd`.
+/// Rewrites `\uXXXX` escapes of surrogates that are not part of a high+low pair as escapes of
+/// their private-use stand-ins.
 fn replace_lone_surrogates(text: &str) -> String {
     let chars: Vec<char> = text.chars().collect();
     let unit_at = |i: usize| -> Option<u32> {
@@ -176,8 +179,8 @@ fn replace_lone_surrogates(text: &str) -> String {
             if is_high(unit) && is_low(unit_at(i + 6)) {
                 out.extend(&chars[i..i + 12]);
                 i += 12;
-            } else if is_high(unit) || is_low(unit) {
-                out.push_str("\\ufffd");
+            } else if let Some(u @ 0xD800..=0xDFFF) = unit {
+                out.push_str(&format!("\\u{:04x}", 0xE000 + (u - 0xD800)));
                 i += 6;
             } else {
                 out.extend(&chars[i..i + 2]);
@@ -394,7 +397,7 @@ mod tests {
     fn parse_accepts_valid_json_that_fast_parsers_refuse() {
         assert_eq!(
             parse(br#"{"a":"\ud800x"}"#),
-            Some(Json::Object(vec![("a".into(), Json::String("\u{fffd}x".into()))]))
+            Some(Json::Object(vec![("a".into(), Json::String("\u{e000}x".into()))]))
         );
         assert!(parse(br#"{"a":1e400}"#).is_some());
         assert!(parse(format!(r#"{{"a":{}}}"#, "9".repeat(10_000)).as_bytes()).is_some());
