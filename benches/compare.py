@@ -121,6 +121,8 @@ def main():
         commands = {
             "kmsguard filter": ([k], path),
             "kmsguard tag": ([k, "--mode", "tag"], path),
+            "kmsguard filter --threads 2": ([k, "--threads", "2"], path),
+            "kmsguard tag --threads 2": ([k, "--mode", "tag", "--threads", "2"], path),
             "kmsguard filter --no-mmap": ([k, "--no-mmap"], path),
             "cat file | kmsguard filter": (f"cat {path} | {k}", "/dev/null"),
             "rg -F -c kms.amazonaws.com": (["rg", "-F", "-c", "kms.amazonaws.com"], path),
