@@ -141,7 +141,8 @@ def main():
         for name, ts in times.items():
             med = statistics.median(ts)
             nbytes = (jq_path if name.startswith("jq") else path).stat().st_size
-            print(f"| {name} | {med * 1e3:.1f} | {nbytes / med / 2**30:.2f} | {med / base:.2f} |")
+            label = name.replace("|", "\\|")
+            print(f"| {label} | {med * 1e3:.1f} | {nbytes / med / 2**30:.2f} | {med / base:.2f} |")
         rss = peak_rss_mib([k], path)
         rss_pipe = peak_rss_mib([k, "--no-mmap"], path)
         if rss is not None:
