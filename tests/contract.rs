@@ -42,7 +42,7 @@ fn assert_enriched_from(original: &[u8], enriched: &[u8]) {
     let (Json::Object(old), Json::Object(new)) = (&before, &after) else { panic!("not objects") };
     for (key, value) in old {
         let kept = new.iter().find(|(k, _)| k == key).map(|(_, v)| v);
-        if key == "tags" {
+        if key.is("tags") {
             let Some(Json::Array(tags)) = kept else { panic!("tags not an array: {kept:?}") };
             assert!(
                 tags.contains(&Json::String("kms-cmk-disabled-or-scheduled-for-deletion".into()))
@@ -51,7 +51,7 @@ fn assert_enriched_from(original: &[u8], enriched: &[u8]) {
                 assert_eq!(&tags[..old_tags.len()], &old_tags[..]);
             }
         } else {
-            assert_eq!(kept, Some(value), "member {key} changed");
+            assert_eq!(kept, Some(value), "member {key:?} changed");
         }
     }
     for added in ["rule", "threat"] {
@@ -92,7 +92,11 @@ fn filter_mode_is_tag_mode_without_the_rest() {
         .iter()
         .zip(lines(&tagged))
         .filter(|(i, _)| evaluate(&config, i.strip_suffix(b"\r").unwrap_or(i)).is_match())
-        .map(|(_, o)| o.strip_suffix(b"\r").unwrap_or(o).to_vec())
+        .map(|(_, o)| {
+            // Filter mode writes the document alone: no line-leading byte order mark, no `\r`.
+            let o = o.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(o);
+            o.strip_suffix(b"\r").unwrap_or(o).to_vec()
+        })
         .collect();
     let got: Vec<Vec<u8>> = lines(&filtered).into_iter().map(<[u8]>::to_vec).collect();
     assert_eq!(got, want);
@@ -206,4 +210,45 @@ fn threads_keep_output_and_counts() {
         }
     }
     std::fs::remove_file(&path).unwrap();
+}
+
+/// Spec section 5: every input's last line is a line. When one input ends without `\n`, the next
+/// input's first line starts on a line of its own, on every read path and in both modes.
+#[test]
+fn lines_of_consecutive_inputs_never_merge() {
+    let dir = std::env::temp_dir().join(format!("kmsguard-boundary-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let unterminated = br#"{"eventSource":"s3.amazonaws.com","eventName":"GetObject"}"#;
+    let alert = br#"{"eventSource":"kms.amazonaws.com","eventName":"DisableKey"}"#;
+    let a = dir.join("a.ndjson");
+    let b = dir.join("b.ndjson");
+    let empty = dir.join("empty.ndjson");
+    std::fs::write(&a, unterminated).unwrap();
+    std::fs::write(&b, [&alert[..], b"\n"].concat()).unwrap();
+    std::fs::write(&empty, b"").unwrap();
+    let (a, b, empty) = (a.to_str().unwrap(), b.to_str().unwrap(), empty.to_str().unwrap());
+    for read in [&[][..], &["--no-mmap"], &["--threads", "2"]] {
+        for mode in ["tag", "filter"] {
+            for inputs in [vec![a, b], vec![a, empty, b], vec![a, "-"]] {
+                let mut args = vec!["--mode", mode];
+                args.extend_from_slice(read);
+                args.extend(&inputs);
+                let out = stdout_of(&args, &[&alert[..], b"\n"].concat());
+                let got = lines(&out);
+                let enriched = got.last().unwrap();
+                assert!(enriched.starts_with(&alert[..alert.len() - 1]), "{args:?}");
+                assert!(enriched.ends_with(b"}"), "{args:?}: {}", String::from_utf8_lossy(&out));
+                assert_enriched_from(alert, enriched);
+                let want_lines = if mode == "tag" { 2 } else { 1 };
+                assert_eq!(got.len(), want_lines, "{args:?}: {}", String::from_utf8_lossy(&out));
+                if mode == "tag" {
+                    assert_eq!(got[0], unterminated, "{args:?}");
+                }
+            }
+        }
+    }
+    // The last input's last line keeps its missing `\n` in tag mode, as a lone input's does.
+    let out = stdout_of(&["--mode", "tag", b, a], b"");
+    assert!(out.ends_with(unterminated));
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -94,6 +94,8 @@ golden! {
     final_line_without_newline_counts: FILTER, doc(r#""event.action":"DisableKey""#) => m(&doc(r#""event.action":"DisableKey""#));
     tags_string_becomes_an_array: FILTER, doc(r#""event.action":"DisableKey","tags":"prod""#) + "\n"
         => m(&doc(r#""event.action":"DisableKey","tags":"prod""#)).replace(r#""tags":"prod","tags":["#, r#""tags":["prod","#);
+    tags_equal_to_the_tag_becomes_an_array: FILTER, doc(r#""event.action":"DisableKey","tags":"kms-cmk-disabled-or-scheduled-for-deletion""#) + "\n"
+        => m(&doc(r#""event.action":"DisableKey","tags":"kms-cmk-disabled-or-scheduled-for-deletion""#)).replace(r#""tags":"kms-cmk-disabled-or-scheduled-for-deletion","tags":["kms-cmk-disabled-or-scheduled-for-deletion"]"#, r#""tags":["kms-cmk-disabled-or-scheduled-for-deletion"]"#);
     tags_array_is_appended_to: FILTER, doc(r#""tags":["a"],"event.action":"DisableKey""#) + "\n"
         => m(&doc(r#""tags":["a"],"event.action":"DisableKey""#)).replace(r#""tags":["a"],"event.action":"DisableKey","tags":["#, r#""tags":["a","#).replacen(r#""kms-cmk-disabled-or-scheduled-for-deletion"],"rule""#, r#""kms-cmk-disabled-or-scheduled-for-deletion"],"event.action":"DisableKey","rule""#, 1);
 }

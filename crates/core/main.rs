@@ -135,6 +135,51 @@ impl Releaser<'_> {
     }
 }
 
+/// Keeps the lines of consecutive inputs apart (spec section 5): when an input's output ends
+/// without a `\n` (tag mode, a last line without one), a `\n` goes out before the next input's
+/// first byte. Every read path writes through it, so mapped, streamed and threaded runs agree.
+struct Separated<W> {
+    inner: W,
+    /// The last byte written for the current input, if any.
+    last: Option<u8>,
+    /// A `\n` is owed before the next byte.
+    owed: bool,
+}
+
+impl<W: Write> Separated<W> {
+    fn new(inner: W) -> Separated<W> {
+        Separated { inner, last: None, owed: false }
+    }
+
+    /// Marks the end of one input. An input that wrote nothing leaves an owed `\n` owed.
+    fn end_input(&mut self) {
+        if let Some(last) = self.last.take() {
+            self.owed = last != b'\n';
+        }
+    }
+}
+
+impl<W: Write> Write for Separated<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self.owed {
+            self.inner.write_all(b"\n")?;
+            self.owed = false;
+        }
+        let n = self.inner.write(buf)?;
+        if n > 0 {
+            self.last = Some(buf[n - 1]);
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// How much of a mapped file each thread decides per round.
 const CHUNK: usize = 4 << 20;
 
@@ -151,7 +196,7 @@ fn run_mapped(
         return only.run_slice(map, out, &mut |end| releaser.release(end));
     }
     let data: &[u8] = map;
-    let mut pos = transforms[0].skip_bom(data, out)?;
+    let mut pos = 0;
     let mut outs: Vec<Vec<u8>> = vec![Vec::new(); transforms.len()];
     while pos < data.len() {
         let chunks: Vec<_> = (0..transforms.len())
@@ -202,7 +247,7 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let lock = stdout.lock();
     // Block-buffer a pipe or file; a terminal sees each line as soon as it is decided.
     let capacity = if lock.is_terminal() { 0 } else { 256 * 1024 };
-    let mut out = BufWriter::with_capacity(capacity, lock);
+    let mut out = Separated::new(BufWriter::with_capacity(capacity, lock));
     let stdin_name = std::path::PathBuf::from("-");
     let files = if args.files.is_empty() { std::slice::from_ref(&stdin_name) } else { &args.files };
     let mut code = ExitCode::SUCCESS;
@@ -234,6 +279,7 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
                 }
             }
         };
+        out.end_input();
         match result {
             Ok(()) => {}
             // An unreadable input is reported, and the others still run, as cat and rg do.

@@ -12,7 +12,7 @@ fn main() -> std::io::Result<()> {
     let data = std::fs::read(path)?;
     let mut matcher = Matcher::new();
     let prefilter = matcher.prefilter().clone();
-    let (mut candidates, mut by_shape) = (0, [0u64; 5]);
+    let (mut candidates, mut by_shape) = (0, [0u64; Shape::ALL.len()]);
     for range in prefilter.candidate_lines(&data) {
         candidates += 1;
         if let Verdict::Match(shape) = matcher.evaluate(&data[range]) {

@@ -2,10 +2,10 @@
 
 use simd_json::{tape::Node, Buffers, StaticNode, Tape};
 
-use crate::normalize::normalize;
+use crate::normalize::{normalize, MARKER_UTF8};
 use crate::rule::{
-    is_dataset_field, Rule, CLOUDTRAIL_DATASET, DATA_STREAM_DATASET, EVENT_DATASET, OUTCOME_FIELD,
-    RAW_ERROR_KEYS, RAW_FIELD_MAP,
+    is_dataset_field, RawValue, Rule, CLOUDTRAIL_DATASET, DATA_STREAM_DATASET, EVENT_DATASET,
+    OUTCOME_FIELD, RAW_ERROR_KEYS, RAW_FIELD_MAP, REMOVED_STRINGS,
 };
 use crate::shape::{Shape, Shapes};
 
@@ -81,37 +81,45 @@ impl Parser {
         }
     }
 
-    /// Parses a copy of `input` and hands its tape to `f`; `None` when `input` is not JSON.
+    /// Parses a copy of `input` and hands its tape to `f`, with whether the tape's strings are in
+    /// [`normalize`]'s encoding; `None` when `input` is not JSON.
     ///
-    /// simd-json rewrites strings in place even when it fails, so the retry after
-    /// [`normalize`] starts from a fresh copy. The tape's storage is kept for the next call.
-    fn with_tape<R>(&mut self, input: &[u8], f: impl FnOnce(&[Node]) -> R) -> Option<R> {
-        let len = input.len();
-        self.fill(input);
-        let mut tape = Tape(std::mem::take(&mut self.nodes)).reset();
-        if simd_json::fill_tape_padded(&mut self.scratch, len, &mut self.buffers, &mut tape).is_ok()
-        {
-            let result = f(&tape.0);
-            self.nodes = tape.reset().0;
-            return Some(result);
-        }
-        self.nodes = tape.reset().0;
-        self.fill(input);
-        if !normalize(&mut self.scratch[..len]) {
-            return None;
-        }
-        let mut tape = Tape(std::mem::take(&mut self.nodes)).reset();
-        let ok = simd_json::fill_tape_padded(&mut self.scratch, len, &mut self.buffers, &mut tape)
-            .is_ok();
-        let result = ok.then(|| f(&tape.0));
-        self.nodes = tape.reset().0;
-        result
-    }
-
-    fn fill(&mut self, input: &[u8]) {
+    /// `outer_encoded` says that `input` is the decoded text of a string from an encoded tape:
+    /// when it holds a marker, the text is rewritten before the first parse, so that its
+    /// encodings and its own escapes compare alike. Otherwise the text is parsed as it is and
+    /// rewritten only when simd-json refuses it. simd-json rewrites strings in place even when
+    /// it fails, so every parse starts from a fresh copy; the tape's storage is kept.
+    fn with_tape<R>(
+        &mut self,
+        input: &[u8],
+        outer_encoded: bool,
+        f: impl FnOnce(&[Node], bool) -> R,
+    ) -> Option<R> {
+        let mut encoded = outer_encoded && memchr::memmem::find(input, MARKER_UTF8).is_some();
         self.scratch.clear();
-        self.scratch.extend_from_slice(input);
-        self.scratch.resize(input.len() + simd_json::INPUT_PADDING, b' ');
+        if encoded {
+            normalize(input, &mut self.scratch, true);
+        } else {
+            self.scratch.extend_from_slice(input);
+        }
+        loop {
+            let len = self.scratch.len();
+            self.scratch.resize(len + simd_json::INPUT_PADDING, b' ');
+            let mut tape = Tape(std::mem::take(&mut self.nodes)).reset();
+            if simd_json::fill_tape_padded(&mut self.scratch, len, &mut self.buffers, &mut tape)
+                .is_ok()
+            {
+                let result = f(&tape.0, encoded);
+                self.nodes = tape.reset().0;
+                return Some(result);
+            }
+            self.nodes = tape.reset().0;
+            self.scratch.clear();
+            if encoded || !normalize(input, &mut self.scratch, false) {
+                return None;
+            }
+            encoded = true;
+        }
     }
 }
 
@@ -135,6 +143,10 @@ struct Ctx {
     envelope_probes: [usize; 2],
 }
 
+/// The UTF-8 byte order mark. Jackson skips one at the start of a document's bytes, so a line
+/// that starts with one is the document after it (anywhere in a stream, as `cat a b` makes).
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
 impl Evaluator {
     pub(crate) fn new(rule: Rule, shapes: Shapes, assume_dataset: Option<String>) -> Evaluator {
         let mut probes: Vec<Probe> =
@@ -155,25 +167,28 @@ impl Evaluator {
         &self.ctx.rule
     }
 
-    /// Decides one line (without its line terminator).
+    /// Decides one line (without its line terminator; a leading byte order mark is skipped).
     pub(crate) fn evaluate(&mut self, line: &[u8]) -> Verdict {
+        let line = line.strip_prefix(BOM).unwrap_or(line);
         let Evaluator { ctx, outer, inner, keys } = self;
         outer
-            .with_tape(line, |tape| {
+            .with_tape(line, false, |tape, encoded| {
                 let mut hits = [Hit::default(); MAX_PROBES];
                 if !valid_object(tape, &ctx.probes, &mut hits, keys) {
                     return Verdict::Invalid;
                 }
-                ctx.decide(tape, &hits, inner, keys)
+                let mut doc = Doc { tape, encoded, inner, keys };
+                ctx.decide(&mut doc, &hits)
             })
             .unwrap_or(Verdict::Invalid)
     }
 
     /// Decides one raw CloudTrail record on its own (an element of a `Records` array).
     pub(crate) fn evaluate_record(&mut self, record: &[u8]) -> Verdict {
+        let record = record.strip_prefix(BOM).unwrap_or(record);
         let Evaluator { ctx, inner, keys, .. } = self;
         inner
-            .with_tape(record, |tape| {
+            .with_tape(record, false, |tape, _| {
                 let mut hits = [Hit::default(); MAX_PROBES];
                 if !valid_object(tape, &[], &mut hits, keys) {
                     Verdict::Invalid
@@ -184,6 +199,55 @@ impl Evaluator {
                 }
             })
             .unwrap_or(Verdict::Invalid)
+    }
+}
+
+impl Evaluator {
+    /// Decides one element of a LookupEvents response on its own, by the record its
+    /// `CloudTrailEvent` holds.
+    pub(crate) fn evaluate_lookup_event(&mut self, event: &[u8]) -> Verdict {
+        let Evaluator { ctx, outer, inner, keys } = self;
+        outer
+            .with_tape(event, false, |tape, encoded| {
+                let mut hits = [Hit::default(); MAX_PROBES];
+                if !valid_object(tape, &[], &mut hits, keys) {
+                    return Verdict::Invalid;
+                }
+                let mut doc = Doc { tape, encoded, inner, keys };
+                let record = member(tape, 0, "CloudTrailEvent").and_then(|r| {
+                    doc.with_inner(r, |t| is_raw_record(t, 0).then(|| ctx.raw_matches(t, 0)))
+                });
+                match record.flatten() {
+                    Some(matched) => ctx.verdict(matched, Shape::LookupEvents),
+                    None => Verdict::NoMatch(None),
+                }
+            })
+            .unwrap_or(Verdict::Invalid)
+    }
+}
+
+/// A parsed document and what deciding it may need: a parser for the documents its strings hold
+/// (an envelope's `message`, a LookupEvents `CloudTrailEvent`) and the duplicate check's scratch.
+struct Doc<'t, 'n, 'p> {
+    tape: &'t [Node<'n>],
+    /// Whether the tape's strings are in the rewrite's encoding (see [`normalize`]).
+    encoded: bool,
+    inner: &'p mut Parser,
+    keys: &'p mut Vec<(u64, u32)>,
+}
+
+impl Doc<'_, '_, '_> {
+    /// Parses the string value at `i` as a document of its own and hands it to `f` when it is a
+    /// valid object; `None` when it is not a string or not such a document.
+    fn with_inner<R>(&mut self, i: usize, f: impl FnOnce(&[Node]) -> R) -> Option<R> {
+        let Node::String(text) = self.tape[i] else { return None };
+        let keys = &mut *self.keys;
+        self.inner
+            .with_tape(text.as_bytes(), self.encoded, |t, _| {
+                let mut hits = [Hit::default(); MAX_PROBES];
+                valid_object(t, &[], &mut hits, keys).then(|| f(t))
+            })
+            .flatten()
     }
 }
 
@@ -201,22 +265,17 @@ fn valid_object(
 impl Ctx {
     /// Recognises the shape of a valid, duplicate-free object (spec section 4: the first shape
     /// that applies decides) and evaluates it.
-    fn decide(
-        &self,
-        tape: &[Node],
-        hits: &[Hit],
-        inner: &mut Parser,
-        keys: &mut Vec<(u64, u32)>,
-    ) -> Verdict {
+    fn decide(&self, doc: &mut Doc, hits: &[Hit]) -> Verdict {
         let shapes = self.shapes;
+        let tape = doc.tape;
         if shapes.contains(Shape::Records) {
-            if let Some(i) = member(tape, 0, "Records") {
-                if let Node::Array { len, .. } = tape[i] {
-                    if len > 0 && children(tape, i).all(|r| is_raw_record(tape, r)) {
-                        let any = children(tape, i).any(|r| self.raw_matches(tape, r));
-                        return self.verdict(any, Shape::Records);
-                    }
-                }
+            if let Some(matched) = self.records_match(tape, 0) {
+                return self.verdict(matched, Shape::Records);
+            }
+        }
+        if shapes.contains(Shape::LookupEvents) {
+            if let Some(matched) = self.lookup_events_match(doc) {
+                return self.verdict(matched, Shape::LookupEvents);
             }
         }
         if shapes.contains(Shape::EventBridge) {
@@ -231,13 +290,12 @@ impl Ctx {
             return self.verdict(self.raw_matches(tape, 0), Shape::Raw);
         }
         if shapes.contains(Shape::Envelope) && self.envelope_dataset(hits) {
-            if let Some(Node::String(message)) = member(tape, 0, "message").map(|i| tape[i]) {
-                let inner_verdict = inner.with_tape(message.as_bytes(), |t| {
-                    let mut inner_hits = [Hit::default(); MAX_PROBES];
-                    (valid_object(t, &[], &mut inner_hits, keys) && is_raw_record(t, 0))
-                        .then(|| self.raw_matches(t, 0))
+            if let Some(message) = member(tape, 0, "message") {
+                let inner = doc.with_inner(message, |t| {
+                    self.records_match(t, 0)
+                        .or_else(|| is_raw_record(t, 0).then(|| self.raw_matches(t, 0)))
                 });
-                if let Some(Some(matched)) = inner_verdict {
+                if let Some(Some(matched)) = inner {
                     return self.verdict(matched, Shape::Envelope);
                 }
             }
@@ -263,20 +321,51 @@ impl Ctx {
         }
     }
 
+    /// When the object at `obj` is a CloudTrail log file (a non-empty `Records` array of raw
+    /// records), whether any record matches.
+    fn records_match(&self, tape: &[Node], obj: usize) -> Option<bool> {
+        let records = member(tape, obj, "Records")?;
+        if !matches!(tape[records], Node::Array { len, .. } if len > 0)
+            || !children(tape, records).all(|r| is_raw_record(tape, r))
+        {
+            return None;
+        }
+        Some(children(tape, records).any(|r| self.raw_matches(tape, r)))
+    }
+
+    /// When the document is a LookupEvents response (a non-empty `Events` array of objects whose
+    /// `CloudTrailEvent` string holds a raw record), whether any record matches.
+    fn lookup_events_match(&self, doc: &mut Doc) -> Option<bool> {
+        let tape = doc.tape;
+        let events = member(tape, 0, "Events")?;
+        if !matches!(tape[events], Node::Array { len, .. } if len > 0) {
+            return None;
+        }
+        let mut any = false;
+        for event in children(tape, events) {
+            let record = member(tape, event, "CloudTrailEvent")?;
+            let matched = doc
+                .with_inner(record, |t| is_raw_record(t, 0).then(|| self.raw_matches(t, 0)))
+                .flatten()?;
+            any |= matched;
+        }
+        Some(any)
+    }
+
     /// Whether the declared dataset is one of `terms`.
     fn assumed_dataset_in(&self, terms: &[&str]) -> bool {
         self.assume_dataset.as_deref().is_some_and(|d| terms.contains(&d))
     }
 
-    /// Whether a document's dataset makes it a shipper envelope for CloudTrail.
+    /// Whether a document's dataset makes it a shipper envelope for CloudTrail: it names
+    /// `aws.cloudtrail`, or it has no dataset value at all (a generic shipper's envelope).
     fn envelope_dataset(&self, hits: &[Hit]) -> bool {
         let [a, b] = self.envelope_probes.map(|p| hits[p]);
-        a.equal
-            || b.equal
-            || (!a.has_value && !b.has_value && self.assumed_dataset_in(&[CLOUDTRAIL_DATASET]))
+        a.equal || b.equal || (!a.has_value && !b.has_value)
     }
 
-    /// Evaluates the rule on a raw record as the Elastic AWS integration would index it.
+    /// Evaluates the rule on a raw record as the Elastic AWS integration's pipeline would index
+    /// it (spec section 4): empty values removed, `eventSource` renamed, `eventName` rendered.
     fn raw_matches(&self, tape: &[Node], record: usize) -> bool {
         self.rule.clauses.iter().all(|clause| {
             if is_dataset_field(clause.field) {
@@ -284,12 +373,15 @@ impl Ctx {
             } else if clause.field == OUTCOME_FIELD {
                 let failed = RAW_ERROR_KEYS
                     .iter()
-                    .any(|k| member(tape, record, k).is_some_and(|v| !is_empty(tape, v)));
+                    .any(|k| member(tape, record, k).is_some_and(|v| !is_removed(tape, v)));
                 clause.terms.contains(&if failed { "failure" } else { "success" })
-            } else if let Some((_, key)) =
-                RAW_FIELD_MAP.iter().find(|(ecs, _)| *ecs == clause.field)
-            {
-                member(tape, record, key).is_some_and(|v| any_string_in(tape, v, clause.terms))
+            } else if let Some(raw) = RAW_FIELD_MAP.iter().find(|f| f.ecs == clause.field) {
+                member(tape, record, raw.key).is_some_and(|v| match raw.value {
+                    RawValue::Renamed => any_string_in(tape, v, clause.terms),
+                    RawValue::Rendered => {
+                        matches!(tape[v], Node::String(s) if clause.terms.contains(&s))
+                    }
+                })
             } else {
                 false
             }
@@ -355,7 +447,8 @@ fn walk(
     }
 }
 
-/// Extends a probe's matched prefix of `field` by one object key.
+/// Extends a probe's matched prefix of `field` by one object key: at the root the key must
+/// start the field, below it the field must go on with `.` and then the key.
 fn extend(field: &str, pos: u16, at_root: bool, key: &str) -> u16 {
     if pos == DEAD {
         return DEAD;
@@ -377,6 +470,10 @@ fn extend(field: &str, pos: u16, at_root: bool, key: &str) -> u16 {
 }
 
 /// Fails when the object at `i` repeats a key (after unescaping, as the tape holds them).
+///
+/// Up to 8 keys are compared pairwise. More are sorted by (hash, key) in a reused vector, so that
+/// equal keys, which hash alike, end up next to each other whatever else collides: the hash only
+/// orders the work, the string comparison decides.
 fn check_unique_keys(
     tape: &[Node],
     i: usize,
@@ -386,14 +483,14 @@ fn check_unique_keys(
     if len < 2 {
         return Ok(());
     }
-    let key_at = |j: usize| match tape[j] {
+    let key_at = |j: u32| match tape[j as usize] {
         Node::String(k) => k,
         _ => "",
     };
     if len <= 8 {
         let mut seen = [""; 8];
         for (n, j) in member_keys(tape, i).enumerate() {
-            let k = key_at(j);
+            let k = key_at(j as u32);
             if seen[..n].contains(&k) {
                 return Err(());
             }
@@ -402,17 +499,15 @@ fn check_unique_keys(
         return Ok(());
     }
     keys.clear();
-    keys.extend(member_keys(tape, i).map(|j| (hash(key_at(j).as_bytes()), j as u32)));
-    keys.sort_unstable();
-    for w in keys.windows(2) {
-        if w[0].0 == w[1].0 && key_at(w[0].1 as usize) == key_at(w[1].1 as usize) {
-            return Err(());
-        }
+    keys.extend(member_keys(tape, i).map(|j| (hash(key_at(j as u32).as_bytes()), j as u32)));
+    keys.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| key_at(a.1).cmp(key_at(b.1))));
+    if keys.windows(2).any(|w| w[0].0 == w[1].0 && key_at(w[0].1) == key_at(w[1].1)) {
+        return Err(());
     }
     Ok(())
 }
 
-/// FNV-1a: keys are short, and a collision only costs one string comparison.
+/// FNV-1a: keys are short, and a collision only costs string comparisons.
 fn hash(bytes: &[u8]) -> u64 {
     bytes
         .iter()
@@ -468,13 +563,13 @@ fn is_raw_record(tape: &[Node], i: usize) -> bool {
         && member(tape, i, "eventName").is_some()
 }
 
-/// Whether the ingest pipeline would drop the value at `i`: `null`, `""`, or an object or array
-/// whose members are all such values.
-fn is_empty(tape: &[Node], i: usize) -> bool {
+/// Whether the ingest pipeline's first script removes the value at `i`: `null`, one of
+/// [`REMOVED_STRINGS`], or an object or array whose members are all removed in turn.
+fn is_removed(tape: &[Node], i: usize) -> bool {
     match tape[i] {
         Node::Static(StaticNode::Null) => true,
-        Node::String(s) => s.is_empty(),
-        Node::Object { .. } | Node::Array { .. } => children(tape, i).all(|c| is_empty(tape, c)),
+        Node::String(s) => REMOVED_STRINGS.contains(&s),
+        Node::Object { .. } | Node::Array { .. } => children(tape, i).all(|c| is_removed(tape, c)),
         Node::Static(_) => false,
     }
 }
@@ -547,7 +642,45 @@ mod tests {
         records_not_all_raw: r#"{"Records":[{"eventSource":"kms.amazonaws.com","eventName":"DisableKey"},1]}"#.into() => NO;
         eventbridge: r#"{"detail-type":"AWS API Call via CloudTrail","detail":{"eventSource":"kms.amazonaws.com","eventName":"DisableKey"}}"#.into() => Match(Shape::EventBridge);
         envelope: r#"{"data_stream":{"dataset":"aws.cloudtrail"},"message":"{\"eventSource\":\"kms.amazonaws.com\",\"eventName\":\"DisableKey\"}"}"#.into() => Match(Shape::Envelope);
-        envelope_without_dataset_is_ecs: r#"{"message":"{\"eventSource\":\"kms.amazonaws.com\",\"eventName\":\"DisableKey\"}"}"#.into() => NO;
+        envelope_without_dataset: r#"{"message":"{\"eventSource\":\"kms.amazonaws.com\",\"eventName\":\"DisableKey\"}","source_type":"aws_s3"}"#.into() => Match(Shape::Envelope);
+        envelope_of_another_dataset_is_ecs: r#"{"event.dataset":"aws.s3access","message":"{\"eventSource\":\"kms.amazonaws.com\",\"eventName\":\"DisableKey\"}"}"#.into() => NO;
+        envelope_of_a_log_file: r#"{"message":"{\"Records\":[{\"eventSource\":\"s3.amazonaws.com\",\"eventName\":\"GetObject\"},{\"eventSource\":\"kms.amazonaws.com\",\"eventName\":\"ScheduleKeyDeletion\"}]}","bucket":"b"}"#.into() => Match(Shape::Envelope);
+        envelope_of_a_failed_log_file: r#"{"message":"{\"Records\":[{\"eventSource\":\"kms.amazonaws.com\",\"eventName\":\"DisableKey\",\"errorCode\":\"X\"}]}"}"#.into() => NoMatch(Some(Shape::Envelope));
+        lookup_events: r#"{"Events":[{"EventName":"Decrypt","CloudTrailEvent":"{\"eventSource\":\"kms.amazonaws.com\",\"eventName\":\"Decrypt\"}"},{"EventName":"DisableKey","CloudTrailEvent":"{\"eventSource\":\"kms.amazonaws.com\",\"eventName\":\"DisableKey\"}"}]}"#.into() => Match(Shape::LookupEvents);
+        lookup_events_summary_is_not_evaluated: r#"{"Events":[{"EventName":"DisableKey","EventSource":"kms.amazonaws.com","CloudTrailEvent":"{\"eventSource\":\"kms.amazonaws.com\",\"eventName\":\"Decrypt\"}"}]}"#.into() => NoMatch(Some(Shape::LookupEvents));
+        lookup_events_need_every_record: r#"{"Events":[{"CloudTrailEvent":"{\"eventSource\":\"kms.amazonaws.com\",\"eventName\":\"DisableKey\"}"},{"CloudTrailEvent":"{\"a\":1}"}]}"#.into() => NO;
+
+        // Issue 15: the pipeline at 0b97ab02 removes "-" and "none", and renders eventName.
+        raw_dash_error_is_absent: r#"{"eventSource":"kms.amazonaws.com","eventName":"DisableKey","errorCode":"-"}"#.into() => Match(Shape::Raw);
+        raw_nested_removed_error_is_absent: r#"{"eventSource":"kms.amazonaws.com","eventName":"DisableKey","errorMessage":["none",{"a":"-"}]}"#.into() => Match(Shape::Raw);
+        raw_capitalised_none_is_an_error: r#"{"eventSource":"kms.amazonaws.com","eventName":"DisableKey","errorCode":"None"}"#.into() => NoMatch(Some(Shape::Raw));
+        raw_spaced_dash_is_an_error: r#"{"eventSource":"kms.amazonaws.com","eventName":"DisableKey","errorCode":" - "}"#.into() => NoMatch(Some(Shape::Raw));
+        raw_event_name_array_never_matches: r#"{"eventSource":"kms.amazonaws.com","eventName":["DisableKey"]}"#.into() => NoMatch(Some(Shape::Raw));
+        raw_event_source_array_matches: r#"{"eventSource":["s3.amazonaws.com","kms.amazonaws.com"],"eventName":"DisableKey"}"#.into() => Match(Shape::Raw);
+
+        // Issue 9: keys compare as Elasticsearch compares them, whatever they hash to.
+        lone_surrogate_and_private_use_keys_differ: format!(r#"{{{M},"event.action":"DisableKey","\ud800":1,"\ue000":2}}"#) => ECS;
+        raw_lone_surrogate_and_private_use_keys_differ: r#"{"eventSource":"kms.amazonaws.com","eventName":"DisableKey","\udc00":1,"\ue400":2}"#.into() => Match(Shape::Raw);
+        marker_and_stand_in_keys_differ_from_a_lone_surrogate: format!("{{{M},\"event.action\":\"DisableKey\",\"\\ud800\":1,\"\u{f8ff}\u{e000}\":2}}") => ECS;
+        hash_collision_does_not_hide_a_repeat: format!(r#"{{{M},"event.action":"DisableKey","a":0,"b":0,"2893ea9411391b85":0,"017bf672ad970641":0,"2893ea9411391b85":0}}"#) => Invalid;
+        bom_starts_any_line: format!("\u{feff}{{{M},\"event.action\":\"DisableKey\"}}") => ECS;
+        bom_after_whitespace_is_invalid: format!(" \u{feff}{{{M},\"event.action\":\"DisableKey\"}}") => Invalid;
+    }
+
+    #[test]
+    fn the_colliding_keys_do_collide() {
+        assert_eq!(hash(b"2893ea9411391b85"), hash(b"017bf672ad970641"));
+    }
+
+    #[test]
+    fn inner_documents_compare_keys_across_escaping_levels() {
+        // A lone surrogate in the outer text and an escaped one in the inner text are the same
+        // code unit: a repeated key of the inner record.
+        let repeat = r#"{"message":"{\"eventSource\":\"kms.amazonaws.com\",\"eventName\":\"DisableKey\",\"\ud800\":1,\"\\ud800\":2}"}"#;
+        assert_eq!(verdict(repeat), NoMatch(Some(Shape::Ecs)));
+        // An outer lone surrogate and an inner escaped private-use character are not.
+        let distinct = r#"{"message":"{\"eventSource\":\"kms.amazonaws.com\",\"eventName\":\"DisableKey\",\"\ud800\":1,\"\\ue000\":2}"}"#;
+        assert_eq!(verdict(distinct), Match(Shape::Envelope));
     }
 
     #[test]

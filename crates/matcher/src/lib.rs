@@ -44,7 +44,8 @@ mod shape;
 pub use crate::eval::{Verdict, MAX_DEPTH};
 pub use crate::prefilter::{CandidateLines, Prefilter};
 pub use crate::rule::{
-    Clause, Ref, Rule, Threat, CLOUDTRAIL_DATASET, DATA_STREAM_DATASET, EVENT_DATASET,
+    Clause, RawField, RawValue, Ref, Rule, Threat, CLOUDTRAIL_DATASET, DATA_STREAM_DATASET,
+    EVENT_DATASET, PIPELINE_COMMIT, RAW_FIELD_MAP, REMOVED_STRINGS,
 };
 pub use crate::shape::{Shape, Shapes, UnknownShape};
 
@@ -155,6 +156,13 @@ impl Matcher {
     /// decided. Anything that is not a raw record does not match.
     pub fn evaluate_record(&mut self, record: &[u8]) -> Verdict {
         self.evaluator.evaluate_record(record)
+    }
+
+    /// Decides one element of a LookupEvents response on its own (`{"CloudTrailEvent":"..."}`
+    /// and AWS's summary members), by the raw record its `CloudTrailEvent` holds, as the element
+    /// is decided inside the response. Anything else does not match.
+    pub fn evaluate_lookup_event(&mut self, event: &[u8]) -> Verdict {
+        self.evaluator.evaluate_lookup_event(event)
     }
 }
 

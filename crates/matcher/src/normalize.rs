@@ -1,77 +1,210 @@
-//! Same-length rewrites that let simd-json accept valid JSON it would otherwise refuse.
+//! Rewrites valid JSON that simd-json refuses into equivalent JSON it accepts, keeping every
+//! comparison the evaluator makes exact.
 //!
 //! simd-json rejects two things that are valid JSON text and that Elasticsearch indexes:
-//! lone surrogate escapes (`"\ud800"`, indexed as U+FFFD, spec section 3) and numbers outside
-//! `i64`/`u64`/`f64` range (`1e400`, a 10,000-digit integer). Neither can decide the rule: a
-//! surrogate is never part of a term, and a number never equals a keyword. So when a parse
-//! fails, the evaluator rewrites the copy it parses, in place and at the same length, and tries
-//! once more: every well-formed number becomes `0` padded with spaces, and each lone surrogate
-//! escape becomes its own private-use character (`\ud800` + k to `\ue000` + k). Elasticsearch
-//! indexes such a value as U+FFFD, but its JSON parser keeps `{"\ud800":1,"\ud801":2}` two
-//! different keys; a private-use stand-in per surrogate keeps them different for the duplicate
-//! check, where one U+FFFD for all would call them a repeated key. Neither rewrite can turn
-//! invalid JSON into valid JSON.
+//! lone surrogate escapes (`"\ud800"`, spec section 3) and numbers outside `i64`/`u64`/`f64`
+//! range (`1e400`, a 10,000-digit integer). When a parse fails, the evaluator rewrites a copy of
+//! the text with [`normalize`] and parses once more:
+//!
+//! - every well-formed number becomes `0`: a number never equals a keyword term, and only its
+//!   presence counts;
+//! - strings are re-spelled so that their decoded text is an *injective* encoding of the UTF-16
+//!   code units Elasticsearch's parser (Jackson) sees. With `M` the marker U+F8FF, a lone
+//!   surrogate `S` becomes the two characters `M` and `S - U+D800 + U+E000` (so `M` followed by
+//!   one of U+E000..U+E7FF), and a genuine `M` becomes `M M`.
+//!
+//! # Why keys cannot collide
+//!
+//! Decoding an encoded string left to right is unambiguous: an `M` is always followed by a second
+//! character, which is `M` for a genuine marker and a character in U+E000..U+E7FF (never `M`)
+//! for a lone surrogate; every other character stands for itself. So two encoded keys are equal
+//! exactly when the code-unit sequences they encode are equal, which is Jackson's (and so
+//! Elasticsearch's) duplicate-key test. The encoding only adds non-ASCII characters, so it can
+//! neither make nor break the equality of a value with an ASCII term, a field path or a member
+//! name. Neither rewrite turns invalid JSON into valid JSON: numbers are rewritten only when
+//! already well-formed, and strings only gain characters that are valid inside a string.
+//!
+//! # Documents inside strings
+//!
+//! An envelope's `message` is parsed a second time, from the text the first parse decoded. When
+//! the first parse was a rewritten one, that text holds encodings already (`M x`, `M M`), and a
+//! lone surrogate of the outer level sits there as `M x` where Jackson would hold the bare code
+//! unit. Rewriting such inner text with `outer_encoded` set keeps those pairs as they are, encodes
+//! the inner level's own escapes the same way, and joins an outer high surrogate with an inner
+//! low one (or the reverse) into the character the two code units make, as Java strings do.
 
-/// Rewrites lone surrogate escapes inside strings and well-formed numbers outside them.
-/// Returns whether anything changed.
-pub(crate) fn normalize(buf: &mut [u8]) -> bool {
-    let mut changed = false;
+/// The marker that introduces an encoded lone surrogate: U+F8FF, the last private-use character
+/// of the Basic Multilingual Plane.
+const MARKER: u32 = 0xF8FF;
+/// [`MARKER`] in UTF-8.
+pub(crate) const MARKER_UTF8: &[u8] = "\u{F8FF}".as_bytes();
+/// Where lone surrogates are encoded: U+D800 + k becomes U+E000 + k.
+const STAND_IN_BASE: u32 = 0xE000;
+
+/// Appends to `out` a rewrite of `input` (see the module documentation). `outer_encoded` says
+/// that `input` is decoded string text of a rewritten document, whose raw markers are encodings.
+/// Returns whether the rewrite differs from `input`.
+pub(crate) fn normalize(input: &[u8], out: &mut Vec<u8>, outer_encoded: bool) -> bool {
+    let start = out.len();
     let mut i = 0;
-    while i < buf.len() {
-        match buf[i] {
-            b'"' => i = string_end(buf, i + 1, &mut changed),
+    while i < input.len() {
+        match input[i] {
+            b'"' => {
+                out.push(b'"');
+                i = string(input, i + 1, out, outer_encoded);
+            }
             b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9' => {
-                let end = i + buf[i..]
+                let end = i + input[i..]
                     .iter()
                     .position(|b| !matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
-                    .unwrap_or(buf.len() - i);
-                if is_json_number(&buf[i..end]) && &buf[i..end] != b"0" {
-                    buf[i] = b'0';
-                    buf[i + 1..end].fill(b' ');
-                    changed = true;
+                    .unwrap_or(input.len() - i);
+                if is_json_number(&input[i..end]) {
+                    out.push(b'0');
+                } else {
+                    out.extend_from_slice(&input[i..end]);
                 }
                 i = end;
             }
-            _ => i += 1,
+            b => {
+                out.push(b);
+                i += 1;
+            }
         }
     }
-    changed
+    out[start..] != *input
 }
 
-/// Scans a string body from `i` (just past its opening quote), replacing lone surrogate escapes,
-/// and returns the offset just past its closing quote (or the buffer's end).
-fn string_end(buf: &mut [u8], mut i: usize, changed: &mut bool) -> usize {
-    while i < buf.len() {
-        match buf[i] {
-            b'"' => return i + 1,
-            b'\\' if buf.get(i + 1) == Some(&b'u') => match surrogate(buf, i) {
-                Some(0xD800..=0xDBFF) if matches!(surrogate(buf, i + 6), Some(0xDC00..=0xDFFF)) => {
+/// Rewrites a string body from `i` (just past its opening quote) into `out`, up to and including
+/// its closing quote, and returns the offset just past that quote (or the input's end).
+fn string(input: &[u8], mut i: usize, out: &mut Vec<u8>, outer_encoded: bool) -> usize {
+    while i < input.len() {
+        match input[i] {
+            b'"' => {
+                out.push(b'"');
+                return i + 1;
+            }
+            b'\\' if input.get(i + 1) == Some(&b'u') => {
+                let Some(unit) = escape_at(input, i) else {
+                    out.extend_from_slice(&input[i..i + 2]);
+                    i += 2;
+                    continue;
+                };
+                let next_escape = escape_at(input, i + 6);
+                if is_high(unit) && next_escape.is_some_and(is_low) {
+                    // A proper pair: simd-json decodes it.
+                    out.extend_from_slice(&input[i..i + 12]);
                     i += 12;
-                }
-                Some(unit) => {
-                    let stand_in = format!("{:04x}", 0xE000 + (unit - 0xD800));
-                    buf[i + 2..i + 6].copy_from_slice(stand_in.as_bytes());
-                    *changed = true;
+                } else if let (true, Some(low)) = (
+                    is_high(unit) && outer_encoded,
+                    encoded_at(input, i + 6).filter(|&u| is_low(u)),
+                ) {
+                    push_char(out, pair(unit, low));
+                    i += 6 + 2 * MARKER_UTF8.len();
+                } else if is_surrogate(unit) {
+                    push_encoded(out, unit);
+                    i += 6;
+                } else if unit == MARKER {
+                    push_char(out, MARKER);
+                    push_char(out, MARKER);
+                    i += 6;
+                } else {
+                    out.extend_from_slice(&input[i..i + 6]);
                     i += 6;
                 }
-                None => i += 2,
-            },
-            b'\\' => i += 2,
-            _ => i += 1,
+            }
+            b'\\' => {
+                out.extend_from_slice(&input[i..(i + 2).min(input.len())]);
+                i += 2;
+            }
+            _ if input[i..].starts_with(MARKER_UTF8) => {
+                let after = i + MARKER_UTF8.len();
+                if !outer_encoded {
+                    // A genuine marker.
+                    push_char(out, MARKER);
+                    push_char(out, MARKER);
+                    i = after;
+                } else if let Some(high) = encoded_at(input, i).filter(|&u| is_high(u)) {
+                    let past = i + 2 * MARKER_UTF8.len();
+                    match escape_at(input, past).filter(|&u| is_low(u)) {
+                        Some(low) => {
+                            push_char(out, pair(high, low));
+                            i = past + 6;
+                        }
+                        None => {
+                            out.extend_from_slice(&input[i..past]);
+                            i = past;
+                        }
+                    }
+                } else {
+                    // `M M` or `M x` from the outer level: already an encoding. A lone marker
+                    // cannot come from a rewrite; it is copied, and its string is left as it is.
+                    let len = if encoded_at(input, i).is_some() || marker_pair_at(input, i) {
+                        2 * MARKER_UTF8.len()
+                    } else {
+                        MARKER_UTF8.len()
+                    };
+                    out.extend_from_slice(&input[i..i + len]);
+                    i += len;
+                }
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
         }
     }
     i
 }
 
-/// The code unit of a `\uXXXX` escape at `i` when it is a surrogate (D800 to DFFF).
-fn surrogate(buf: &[u8], i: usize) -> Option<u32> {
-    let esc = buf.get(i..i + 6)?;
-    if esc[0] != b'\\' || esc[1] != b'u' {
+fn is_surrogate(unit: u32) -> bool {
+    (0xD800..=0xDFFF).contains(&unit)
+}
+
+fn is_high(unit: u32) -> bool {
+    (0xD800..=0xDBFF).contains(&unit)
+}
+
+fn is_low(unit: u32) -> bool {
+    (0xDC00..=0xDFFF).contains(&unit)
+}
+
+/// The character a high and a low surrogate make.
+fn pair(high: u32, low: u32) -> u32 {
+    0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00)
+}
+
+fn push_char(out: &mut Vec<u8>, c: u32) {
+    let c = char::from_u32(c).expect("a scalar value");
+    out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+}
+
+/// Appends the encoding of a lone surrogate: the marker and its stand-in.
+fn push_encoded(out: &mut Vec<u8>, unit: u32) {
+    push_char(out, MARKER);
+    push_char(out, STAND_IN_BASE + (unit - 0xD800));
+}
+
+/// The code unit of a `\uXXXX` escape at `i`, if one is there.
+fn escape_at(input: &[u8], i: usize) -> Option<u32> {
+    let esc = input.get(i..i + 6)?;
+    if esc[0] != b'\\' || esc[1] != b'u' || !esc[2..].iter().all(u8::is_ascii_hexdigit) {
         return None;
     }
-    let hex = std::str::from_utf8(&esc[2..]).ok()?;
-    let unit = u32::from_str_radix(hex, 16).ok()?;
-    (0xD800..=0xDFFF).contains(&unit).then_some(unit)
+    u32::from_str_radix(std::str::from_utf8(&esc[2..]).ok()?, 16).ok()
+}
+
+/// The lone surrogate encoded at `i` (a raw marker and a stand-in), if one is there.
+fn encoded_at(input: &[u8], i: usize) -> Option<u32> {
+    let rest = input.get(i..)?.strip_prefix(MARKER_UTF8)?;
+    let c = std::str::from_utf8(rest.get(..3)?).ok()?.chars().next()? as u32;
+    (STAND_IN_BASE..STAND_IN_BASE + 0x800).contains(&c).then(|| c - STAND_IN_BASE + 0xD800)
+}
+
+/// Whether two raw markers start at `i`.
+fn marker_pair_at(input: &[u8], i: usize) -> bool {
+    input.get(i..).is_some_and(|r| {
+        r.starts_with(MARKER_UTF8) && r[MARKER_UTF8.len()..].starts_with(MARKER_UTF8)
+    })
 }
 
 /// Whether `s` is exactly one number in JSON's grammar:
@@ -109,34 +242,68 @@ fn is_json_number(s: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    fn norm(s: &str) -> (String, bool) {
-        let mut b = s.as_bytes().to_vec();
-        let changed = normalize(&mut b);
-        (String::from_utf8(b).unwrap(), changed)
+    fn norm_with(s: &str, outer_encoded: bool) -> String {
+        let mut out = Vec::new();
+        normalize(s.as_bytes(), &mut out, outer_encoded);
+        String::from_utf8(out).unwrap()
+    }
+
+    fn norm(s: &str) -> String {
+        norm_with(s, false)
+    }
+
+    const M: char = '\u{F8FF}';
+
+    #[test]
+    fn lone_surrogates_become_marked_stand_ins() {
+        assert_eq!(norm(r#"{"a":"\ud800"}"#), format!("{{\"a\":\"{M}\u{e000}\"}}"));
+        assert_eq!(norm(r#"{"a":"\uDC00x"}"#), format!("{{\"a\":\"{M}\u{e400}x\"}}"));
+        assert_eq!(norm(r#"{"\ud800":1}"#), format!("{{\"{M}\u{e000}\":0}}"));
     }
 
     #[test]
-    fn lone_surrogates_become_distinct_private_use_chars() {
-        assert_eq!(norm(r#"{"a":"\ud800"}"#).0, r#"{"a":"\ue000"}"#);
-        assert_eq!(norm(r#"{"a":"\uDC00x"}"#).0, r#"{"a":"\ue400x"}"#);
-        assert_eq!(norm(r#"{"a":"\ud800\u0041"}"#).0, r#"{"a":"\ue000\u0041"}"#);
-        assert_eq!(norm(r#"{"\ud800":1}"#).0, r#"{"\ue000":0}"#);
+    fn genuine_markers_are_doubled_so_stand_ins_cannot_collide() {
+        // The issue's reproducer: U+D800 and U+E000 stay different keys.
+        assert_ne!(norm(r#"{"\ud800":1}"#), norm(r#"{"\ue000":1}"#));
+        assert_eq!(norm(r#"{"a":"\uf8ff"}"#), format!("{{\"a\":\"{M}{M}\"}}"));
+        assert_eq!(norm(&format!("{{\"a\":\"{M}\"}}")), format!("{{\"a\":\"{M}{M}\"}}"));
+        // A genuine marker followed by a genuine stand-in is not a lone surrogate.
+        let genuine = norm(&format!("{{\"{M}\u{e000}\":1}}"));
+        let lone = norm(r#"{"\ud800":1}"#);
+        assert_ne!(genuine, lone);
     }
 
     #[test]
     fn pairs_and_escaped_backslashes_are_left_alone() {
-        assert_eq!(norm(r#"{"a":"\ud800\udc00"}"#), (r#"{"a":"\ud800\udc00"}"#.into(), false));
-        assert_eq!(norm(r#"{"a":"\\ud800"}"#), (r#"{"a":"\\ud800"}"#.into(), false));
+        assert_eq!(norm(r#"{"a":"\ud800\udc00"}"#), r#"{"a":"\ud800\udc00"}"#);
+        assert_eq!(norm(r#"{"a":"\\ud800"}"#), r#"{"a":"\\ud800"}"#);
+        assert_eq!(norm(r#"{"a":"\ud800\u0041"}"#), format!("{{\"a\":\"{M}\u{e000}\\u0041\"}}"));
+    }
+
+    #[test]
+    fn inner_text_keeps_outer_encodings_and_pairs_across_levels() {
+        // An outer lone high surrogate (encoded) before an inner low escape: one character.
+        let inner = format!("{{\"{M}\u{e000}\\udc00\":1}}");
+        assert_eq!(norm_with(&inner, true), "{\"\u{10000}\":0}");
+        // The reverse: an inner high escape before an outer low surrogate.
+        let inner = format!("{{\"\\ud800{M}\u{e400}\":1}}");
+        assert_eq!(norm_with(&inner, true), "{\"\u{10000}\":0}");
+        // Outer encodings stay; inner lone escapes get the same encoding as outer ones.
+        let inner = format!("{{\"{M}\u{e000}\":1,\"\\ud800\":2,\"{M}{M}\":3}}");
+        assert_eq!(
+            norm_with(&inner, true),
+            format!("{{\"{M}\u{e000}\":0,\"{M}\u{e000}\":0,\"{M}{M}\":0}}")
+        );
     }
 
     #[test]
     fn numbers_become_zero_only_when_well_formed() {
-        assert_eq!(norm(r#"{"a":1e400}"#).0, r#"{"a":0    }"#);
-        assert_eq!(norm(r#"{"a":-12.5E+3,"b":0}"#).0, r#"{"a":0       ,"b":0}"#);
+        assert_eq!(norm(r#"{"a":1e400}"#), r#"{"a":0}"#);
+        assert_eq!(norm(r#"{"a":-12.5E+3,"b":0}"#), r#"{"a":0,"b":0}"#);
         for bad in ["01", "1.", "-", "1e", ".5", "1-2", "--1", "1.5e+"] {
             let doc = format!(r#"{{"a":{bad}}}"#);
-            assert_eq!(norm(&doc).0, doc, "{bad}");
+            assert_eq!(norm(&doc), doc, "{bad}");
         }
-        assert_eq!(norm(r#"{"a":"123"}"#), (r#"{"a":"123"}"#.into(), false));
+        assert_eq!(norm(r#"{"a":"123"}"#), r#"{"a":"123"}"#);
     }
 }

@@ -98,7 +98,7 @@ fn term_needles(terms: &[&str]) -> Vec<Vec<u8>> {
 fn literal_clause(rule: &Rule) -> Option<&Clause> {
     rule.clauses
         .iter()
-        .filter(|c| RAW_FIELD_MAP.iter().any(|(ecs, _)| *ecs == c.field))
+        .filter(|c| RAW_FIELD_MAP.iter().any(|f| f.ecs == c.field))
         .filter(|c| c.terms.iter().all(|t| !t.is_empty()))
         .min_by(|a, b| a.share.total_cmp(&b.share))
 }

@@ -152,18 +152,52 @@ pub fn is_dataset_field(field: &str) -> bool {
     field == EVENT_DATASET || field == DATA_STREAM_DATASET
 }
 
+/// The version of the Elastic AWS integration's CloudTrail ingest pipeline the raw mapping follows
+/// (spec section 4): `packages/aws/data_stream/cloudtrail/elasticsearch/ingest_pipeline/default.yml`
+/// in elastic/integrations at this commit.
+pub const PIPELINE_COMMIT: &str = "0b97ab02";
+
+/// How the pipeline carries a raw record's value into an ECS field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RawValue {
+    /// A `rename` processor moves the value as it is: an array stays an array, and any of its
+    /// strings can equal a term.
+    Renamed,
+    /// A `set` processor renders the value through a Mustache template (`{{{json.eventName}}}`):
+    /// a string is copied, any other value becomes text such as `{0=DisableKey}` that never
+    /// equals a term.
+    Rendered,
+}
+
+/// One ECS field the pipeline fills from a raw record key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawField {
+    /// The ECS field, such as `event.action`.
+    pub ecs: &'static str,
+    /// The raw record key, such as `eventName`.
+    pub key: &'static str,
+    /// How the value is carried.
+    pub value: RawValue,
+}
+
 /// How the Elastic AWS integration maps a raw CloudTrail record onto the ECS fields the rule reads
-/// (spec section 4): each pair is (ECS field, raw record key) and the ECS field's values are the
-/// raw key's values.
-pub const RAW_FIELD_MAP: &[(&str, &str)] =
-    &[("event.provider", "eventSource"), ("event.action", "eventName")];
+/// (spec section 4, pipeline [`PIPELINE_COMMIT`]).
+pub const RAW_FIELD_MAP: &[RawField] = &[
+    RawField { ecs: "event.provider", key: "eventSource", value: RawValue::Renamed },
+    RawField { ecs: "event.action", key: "eventName", value: RawValue::Rendered },
+];
 
 /// The ECS field a raw record's outcome is computed into: `failure` when [`RAW_ERROR_KEYS`] hold
-/// a non-empty value, else `success`.
+/// a value the pipeline keeps, else `success`.
 pub const OUTCOME_FIELD: &str = "event.outcome";
 
-/// Raw record keys whose non-empty presence makes `event.outcome` `failure`.
+/// Raw record keys whose presence (after the pipeline's removal of empty values) makes
+/// `event.outcome` `failure`.
 pub const RAW_ERROR_KEYS: &[&str] = &["errorCode", "errorMessage"];
+
+/// Strings the pipeline's first script removes, with `null`, empty objects and empty arrays
+/// (recursively: containers emptied by the removal go too), before any mapping.
+pub const REMOVED_STRINGS: &[&str] = &["", "-", "none"];
 
 #[cfg(test)]
 mod tests {

@@ -9,11 +9,15 @@ use std::str::FromStr;
 pub enum Shape {
     /// A CloudTrail log file as delivered to S3, `{"Records":[...]}`, every element a raw record.
     Records,
+    /// An `aws cloudtrail lookup-events` response, `{"Events":[{"CloudTrailEvent":"<record>",...}]}`,
+    /// each element's `CloudTrailEvent` a raw record as a JSON string.
+    LookupEvents,
     /// An EventBridge event, `"detail-type":"AWS API Call via CloudTrail"`, record in `detail`.
     EventBridge,
     /// A raw CloudTrail record (an object with `eventSource` and `eventName`).
     Raw,
-    /// An Elastic Agent / Filebeat envelope: CloudTrail dataset, raw record as JSON in `message`.
+    /// A shipper envelope: a raw record or a CloudTrail log file as JSON in `message`, with
+    /// the dataset `aws.cloudtrail` (Elastic Agent, Filebeat) or none at all (Vector's `aws_s3`).
     Envelope,
     /// An ECS document as the Elastic AWS integration indexes it.
     Ecs,
@@ -21,13 +25,20 @@ pub enum Shape {
 
 impl Shape {
     /// Every shape, in recognition order.
-    pub const ALL: [Shape; 5] =
-        [Shape::Records, Shape::EventBridge, Shape::Raw, Shape::Envelope, Shape::Ecs];
+    pub const ALL: [Shape; 6] = [
+        Shape::Records,
+        Shape::LookupEvents,
+        Shape::EventBridge,
+        Shape::Raw,
+        Shape::Envelope,
+        Shape::Ecs,
+    ];
 
     /// The shape's name on the command line and in statistics.
     pub fn name(self) -> &'static str {
         match self {
             Shape::Records => "records",
+            Shape::LookupEvents => "lookupevents",
             Shape::EventBridge => "eventbridge",
             Shape::Raw => "raw",
             Shape::Envelope => "envelope",

@@ -5,7 +5,8 @@
 //!
 //! - `tags` absent or `null`: becomes `["<tag>"]`. An array gets the tag appended unless it holds
 //!   it already. Any other value `v` (a string, a number, an object...) becomes `[v,"<tag>"]`,
-//!   `v`'s bytes untouched, unless `v` is the tag itself.
+//!   `v`'s bytes untouched, or `[v]` when `v` is the tag itself: `tags` of an alert is always an
+//!   array holding the tag once, so a router can rely on its type.
 //! - `rule` and `threat` are written as top-level objects when the document has neither that key
 //!   nor a dotted key under it (`rule.name`, ...). When it has, the document's own value stays
 //!   as it is and kmsguard's goes under `kmsguard.rule` / `kmsguard.threat` instead. When
@@ -145,12 +146,13 @@ impl Enricher {
                 out.extend_from_slice(self.tag_json.as_bytes());
                 out.push(b']');
             }
-            _ if holds_tag(value) => out.extend_from_slice(value),
             _ => {
                 out.push(b'[');
                 out.extend_from_slice(value);
-                out.push(b',');
-                out.extend_from_slice(self.tag_json.as_bytes());
+                if !holds_tag(value) {
+                    out.push(b',');
+                    out.extend_from_slice(self.tag_json.as_bytes());
+                }
                 out.push(b']');
             }
         }
@@ -189,7 +191,8 @@ mod tests {
         assert_eq!(enrich(r#"{"tags":null}"#).0["tags"], json!(["t"]));
         assert_eq!(enrich(r#"{"tags":{"k":1}}"#).0["tags"], json!([{"k": 1}, "t"]));
         assert_eq!(enrich(r#"{"tags":["t","x"]}"#).0["tags"], json!(["t", "x"]));
-        assert_eq!(enrich(r#"{"tags":"t"}"#).0["tags"], json!("t"));
+        assert_eq!(enrich(r#"{"tags":"t"}"#).0["tags"], json!(["t"]));
+        assert_eq!(enrich(r#"{"tags":"\u0074"}"#).0["tags"], json!(["t"]));
         assert_eq!(enrich(r#"{"t\u0061gs":["x"]}"#).0["tags"], json!(["x", "t"]));
     }
 
@@ -205,6 +208,14 @@ mod tests {
         assert_eq!((v["rule"].clone(), v["kmsguard"].clone()), (json!(1), json!(2)));
         assert_eq!(v["threat"]["framework"], "MITRE ATT&CK");
         assert!(r.skipped);
+    }
+
+    #[test]
+    fn a_byte_order_mark_stays_before_the_object() {
+        let e = Enricher::new(&Rule::kms_cmk_disabled_or_scheduled_for_deletion(), "t");
+        let mut out = Vec::new();
+        e.enrich(b"\xEF\xBB\xBF{\"a\":1}", &mut out);
+        assert!(out.starts_with(b"\xEF\xBB\xBF{\"a\":1,\"tags\":[\"t\"]"), "{out:?}");
     }
 
     #[test]

@@ -76,8 +76,11 @@ pub struct Options {
     pub mode: Mode,
     /// Policy for invalid lines in filter mode.
     pub on_invalid: OnInvalid,
-    /// Emit each record of a CloudTrail log file (`{"Records":[...]}` with no other member) as
-    /// its own line. Every such line is then parsed, candidate or not.
+    /// Emit each event of a container as its own line, when nothing is lost by it: each record of
+    /// a CloudTrail log file (`{"Records":[...]}` with no other member), each element of a
+    /// LookupEvents response (`{"Events":[...]}` with no other member), and each record of a log
+    /// file held in an envelope's `message` (one envelope per record, its other members copied).
+    /// Every line that may hold such a container is then parsed, candidate or not.
     pub split_records: bool,
     /// Longest line evaluated, in bytes without its `\n`. Longer lines are never buffered
     /// whole: they are counted as oversized and, like invalid lines, passed through in tag mode
@@ -177,7 +180,9 @@ impl std::error::Error for Error {
     }
 }
 
-/// The UTF-8 byte order mark some Windows tools write at the start of a file.
+/// The UTF-8 byte order mark some Windows tools write at the start of a file. A line that starts
+/// with one is the document after it (the matcher skips it); tag mode keeps it, filter mode's
+/// output drops it.
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// A streaming filter/tag transform over NDJSON.
@@ -188,7 +193,8 @@ pub struct Transform {
     prefilter: Arc<Prefilter>,
     options: Options,
     enricher: Enricher,
-    records: Finder<'static>,
+    /// Finds the member names of containers `--split-records` splits (`Records`, `Events`).
+    containers: [Finder<'static>; 2],
     stats: Stats,
     /// Reused output buffer for enriched lines.
     scratch: Vec<u8>,
@@ -212,7 +218,7 @@ impl Transform {
             matcher,
             options,
             enricher,
-            records: Finder::new("Records").into_owned(),
+            containers: [Finder::new("Records").into_owned(), Finder::new("Events").into_owned()],
             stats: Stats::default(),
             scratch: Vec::new(),
             budget,
@@ -224,8 +230,7 @@ impl Transform {
         &self.stats
     }
 
-    /// Reads `input` to its end, writing to `out`. A UTF-8 byte order mark at the start of the
-    /// input is passed through in tag mode and otherwise ignored. `out` is flushed whenever a
+    /// Reads `input` to its end, writing to `out`. `out` is flushed whenever a
     /// read returns less than asked (the input stalled) and at the end, so in a live pipeline a
     /// match is not held back while the input is quiet.
     ///
@@ -237,7 +242,6 @@ impl Transform {
         let max_line = self.options.max_line_bytes;
         let mut buf = vec![0u8; self.options.read_size.max(1).min(max_line.saturating_add(1))];
         let mut filled = 0;
-        let mut at_start = true;
         // Inside an oversized line: its bytes stream through (or away) up to its `\n`.
         let mut skipping = false;
         loop {
@@ -264,18 +268,6 @@ impl Transform {
             };
             let mut new = filled;
             filled += n;
-            if at_start {
-                if filled < BOM.len() && BOM.starts_with(&buf[..filled]) {
-                    continue;
-                }
-                at_start = false;
-                if buf[..filled].starts_with(BOM) {
-                    self.pass_bom(out)?;
-                    buf.copy_within(BOM.len()..filled, 0);
-                    filled -= BOM.len();
-                    new = 0;
-                }
-            }
             if skipping {
                 match memchr::memchr(b'\n', &buf[..filled]) {
                     Some(i) => {
@@ -327,7 +319,7 @@ impl Transform {
         out: &mut dyn Write,
         release: &mut dyn FnMut(usize) -> bool,
     ) -> Result<(), Error> {
-        let mut pos = self.skip_bom(data, out)?;
+        let mut pos = 0;
         while pos < data.len() {
             let end = line_end_after(data, pos + WINDOW);
             self.process(&data[pos..end], out)?;
@@ -355,29 +347,6 @@ impl Transform {
             self.process(&data[pos..end], out)?;
             pos = end;
         }
-        Ok(())
-    }
-
-    /// When `data`, the start of an input, begins with a byte order mark: handles it (kept in tag
-    /// mode, never part of a line) and returns its length; else 0.
-    ///
-    /// # Errors
-    ///
-    /// Write errors.
-    pub fn skip_bom(&mut self, data: &[u8], out: &mut dyn Write) -> Result<usize, Error> {
-        if !data.starts_with(BOM) {
-            return Ok(0);
-        }
-        self.pass_bom(out)?;
-        Ok(BOM.len())
-    }
-
-    /// A byte order mark at the start of an input: kept in tag mode, never part of a line.
-    fn pass_bom(&mut self, out: &mut dyn Write) -> Result<(), Error> {
-        if self.options.mode == Mode::Tag {
-            out.write_all(BOM)?;
-        }
-        self.stats.bytes += BOM.len() as u64;
         Ok(())
     }
 
@@ -459,12 +428,14 @@ impl Transform {
 
     /// Whether a line seen in every-line mode must be parsed.
     fn worth_parsing(&self, line: &[u8]) -> bool {
-        if line.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r')) {
+        let doc = line.strip_prefix(BOM).unwrap_or(line);
+        if doc.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r')) {
             return false;
         }
         self.validates_every_line()
             || self.prefilter.is_candidate(line)
-            || (self.options.split_records && self.records.find(line).is_some())
+            || (self.options.split_records
+                && self.containers.iter().any(|f| f.find(line).is_some()))
     }
 
     /// Decides the line `data[range]` and writes what the mode asks for.
@@ -494,22 +465,10 @@ impl Transform {
         self.stats.candidates += 1;
         let verdict = self.matcher.evaluate(line);
         self.stats.count(verdict);
+        if self.options.split_records && self.split(verdict, line, out)? {
+            return Ok(());
+        }
         match verdict {
-            Verdict::Match(Shape::Records) | Verdict::NoMatch(Some(Shape::Records))
-                if self.options.split_records =>
-            {
-                if let Some(records) = scan::sole_records(line) {
-                    for record in records {
-                        self.emit_record(&line[record], out)?;
-                    }
-                    return Ok(());
-                }
-                if verdict.is_match() {
-                    self.emit_match(line, terminator, out)?;
-                } else if tag_mode {
-                    write_line(out, line, terminator)?;
-                }
-            }
             Verdict::Match(_) => self.emit_match(line, terminator, out)?,
             Verdict::NoMatch(_) => {
                 if tag_mode {
@@ -568,18 +527,58 @@ impl Transform {
         if self.options.mode == Mode::Tag {
             write_line(out, &self.scratch, terminator)?;
         } else {
-            write_line(out, self.scratch.strip_suffix(b"\r").unwrap_or(&self.scratch), b"\n")?;
+            let doc = self.scratch.strip_prefix(BOM).unwrap_or(&self.scratch);
+            write_line(out, doc.strip_suffix(b"\r").unwrap_or(doc), b"\n")?;
         }
         Ok(())
     }
 
-    /// Writes one record of a split CloudTrail log file as its own line.
-    fn emit_record(&mut self, record: &[u8], out: &mut dyn Write) -> Result<(), Error> {
+    /// Splits a container line into one line per event when it can be split without losing
+    /// anything (see [`Options::split_records`]), writing each as the mode says; returns whether
+    /// it did.
+    fn split(&mut self, verdict: Verdict, line: &[u8], out: &mut dyn Write) -> Result<bool, Error> {
+        let line = line.strip_prefix(BOM).unwrap_or(line);
+        match verdict.shape() {
+            Some(Shape::Records) => {
+                let Some(records) = scan::sole_array(line, "Records") else { return Ok(false) };
+                for record in records {
+                    let record = &line[record];
+                    let matched = self.matcher.evaluate_record(record).is_match();
+                    self.emit_split(record, matched, out)?;
+                }
+            }
+            Some(Shape::LookupEvents) => {
+                let Some(events) = scan::sole_array(line, "Events") else { return Ok(false) };
+                for event in events {
+                    let event = &line[event];
+                    let matched = self.matcher.evaluate_lookup_event(event).is_match();
+                    self.emit_split(event, matched, out)?;
+                }
+            }
+            Some(Shape::Envelope) => {
+                let Some(envelopes) = scan::split_envelope(line) else { return Ok(false) };
+                for envelope in envelopes {
+                    let matched = self.matcher.evaluate(&envelope).is_match();
+                    self.emit_split(&envelope, matched, out)?;
+                }
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Writes one event split out of a container as its own line.
+    fn emit_split(
+        &mut self,
+        event: &[u8],
+        matched: bool,
+        out: &mut dyn Write,
+    ) -> Result<(), Error> {
         self.stats.records += 1;
-        if self.matcher.evaluate_record(record).is_match() {
-            self.emit_match(record, b"\n", out)?;
+        if matched {
+            self.emit_match(event, b"\n", out)?;
         } else if self.options.mode == Mode::Tag {
-            write_line(out, record, b"\n")?;
+            write_line(out, event, b"\n")?;
         }
         Ok(())
     }

@@ -68,9 +68,11 @@ fn skip_value(text: &[u8], mut i: usize) -> usize {
     }
 }
 
-/// The span of the top-level object in `text` (surrounding whitespace excluded).
+/// The span of the top-level object in `text` (a leading byte order mark and surrounding
+/// whitespace excluded).
 pub(crate) fn object_span(text: &[u8]) -> Range<usize> {
-    let start = skip_ws(text, 0);
+    let bom = if text.starts_with(b"\xEF\xBB\xBF") { 3 } else { 0 };
+    let start = skip_ws(text, bom);
     start..skip_value(text, start)
 }
 
@@ -118,18 +120,39 @@ pub(crate) fn decode_key(text: &[u8], key: &Range<usize>) -> Option<String> {
     serde_json::from_slice::<String>(&text[key.clone()]).ok()
 }
 
-/// The element spans of `Records` when `text` is an object whose only member is a `Records`
-/// array: a CloudTrail log file that can be split without losing anything.
-pub(crate) fn sole_records(text: &[u8]) -> Option<Vec<Range<usize>>> {
+/// The element spans of array member `name` when `text` is an object whose only member it is:
+/// a container (`Records`, `Events`) that can be split without losing anything.
+pub(crate) fn sole_array(text: &[u8], name: &str) -> Option<Vec<Range<usize>>> {
     let obj = object_span(text);
     match members(text, obj.start).as_slice() {
         [m] if text.get(m.value.start) == Some(&b'[')
-            && decode_key(text, &m.key).as_deref() == Some("Records") =>
+            && decode_key(text, &m.key).as_deref() == Some(name) =>
         {
             Some(elements(text, m.value.clone()))
         }
         _ => None,
     }
+}
+
+/// When the envelope `text` holds a CloudTrail log file in its `message` (an object whose only
+/// member is `Records`), one envelope per record: the same members, in the same order and bytes,
+/// with `message` holding that record alone.
+pub(crate) fn split_envelope(text: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let obj = object_span(text);
+    let members = members(text, obj.start);
+    let message =
+        members.iter().find(|m| decode_key(text, &m.key).as_deref() == Some("message"))?;
+    let file: String = serde_json::from_slice(&text[message.value.clone()]).ok()?;
+    let records = sole_array(file.as_bytes(), "Records")?;
+    let (head, tail) = (&text[obj.start..message.value.start], &text[message.value.end..obj.end]);
+    let envelopes = records
+        .into_iter()
+        .map(|r| {
+            let record = serde_json::to_string(&file[r]).expect("a string serializes");
+            [head, record.as_bytes(), tail].concat()
+        })
+        .collect();
+    Some(envelopes)
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ pub struct Stats {
     /// Matches over the alert budget, not enriched.
     pub over_budget: u64,
     /// Per shape, in [`Shape::ALL`] order: (parsed lines of that shape, of which matched).
-    pub shapes: [(u64, u64); 5],
+    pub shapes: [(u64, u64); Shape::ALL.len()],
 }
 
 impl Stats {
