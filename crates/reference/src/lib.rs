@@ -580,7 +580,12 @@ mod tests {
                 gen::document(&(0..300).map(|_| next() as u8).collect::<Vec<u8>>())
             };
             let Ok(text) = std::str::from_utf8(&doc) else { continue };
-            if text.to_ascii_lowercase().contains("\\ud") || text.starts_with('\u{feff}') {
+            // Lone surrogates, a byte order mark and nesting past 1000 are the spec's own rules,
+            // where serde_json differs on purpose.
+            if text.to_ascii_lowercase().contains("\\ud")
+                || text.starts_with('\u{feff}')
+                || text.contains(&"[".repeat(999))
+            {
                 continue;
             }
             let mut de = serde_json::Deserializer::from_str(text);
