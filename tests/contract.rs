@@ -252,3 +252,39 @@ fn lines_of_consecutive_inputs_never_merge() {
     assert!(out.ends_with(unterminated));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `--split-records` splits LookupEvents responses by element and envelopes of log files into
+/// one envelope per record, keeping the envelope's other members; tag mode gives every event.
+#[test]
+fn split_records_splits_lookup_events_and_envelopes_of_log_files() {
+    let rec = |name: &str| format!(r#"{{"eventSource":"kms.amazonaws.com","eventName":"{name}"}}"#);
+    let string = |s: &str| Json::String(s.into());
+    let lookup = format!(
+        r#"{{"Events":[{{"EventId":"1","CloudTrailEvent":{}}},{{"EventId":"2","CloudTrailEvent":{}}}]}}"#,
+        serde_json::to_string(&rec("Decrypt")).unwrap(),
+        serde_json::to_string(&rec("DisableKey")).unwrap()
+    );
+    let file = format!(r#"{{"Records":[{},{}]}}"#, rec("ScheduleKeyDeletion"), rec("Encrypt"));
+    let envelope = format!(
+        r#"{{"bucket":"b","message":{},"source_type":"aws_s3"}}"#,
+        serde_json::to_string(&file).unwrap()
+    );
+    let input = format!("{lookup}\n{envelope}\n");
+    let tagged = stdout_of(&["--mode", "tag", "--split-records"], input.as_bytes());
+    let out: Vec<Json> = lines(&tagged).iter().map(|l| strict_json(l)).collect();
+    assert_eq!(out.len(), 4, "{}", String::from_utf8_lossy(&tagged));
+    assert_eq!(out[0].get("EventId"), Some(&string("1")));
+    assert!(out[0].get("tags").is_none(), "Decrypt is not an alert");
+    assert_eq!(out[1].get("EventId"), Some(&string("2")));
+    assert!(out[1].get("rule").is_some(), "DisableKey is");
+    for (envelope, name, alert) in
+        [(&out[2], "ScheduleKeyDeletion", true), (&out[3], "Encrypt", false)]
+    {
+        assert_eq!(envelope.get("bucket"), Some(&string("b")));
+        assert_eq!(envelope.get("source_type"), Some(&string("aws_s3")));
+        assert_eq!(envelope.get("message"), Some(&string(&rec(name))));
+        assert_eq!(envelope.get("rule").is_some(), alert, "{name}");
+    }
+    let filtered = stdout_of(&["--split-records"], input.as_bytes());
+    assert_eq!(lines(&filtered), [lines(&tagged)[1], lines(&tagged)[2]]);
+}

@@ -17,8 +17,8 @@ Exit status: 0 when the input was read to its end (whether or not anything match
 A closed stdout (a downstream `head`) ends the run quietly with status 0.";
 
 /// Detects the Elastic rule "AWS KMS Customer Managed Key Disabled or Scheduled for Deletion"
-/// in NDJSON CloudTrail events (ECS documents, raw records, EventBridge events, S3 log files
-/// and shipper envelopes), inline, and filters or tags the matches.
+/// in NDJSON CloudTrail events (ECS documents, raw records, EventBridge events, S3 log files,
+/// LookupEvents responses and shipper envelopes), inline, and filters or tags the matches.
 #[derive(Debug, Parser)]
 #[command(name = "kmsguard", version, after_help = AFTER_HELP)]
 pub struct Args {
@@ -41,13 +41,15 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = DatasetField::EventDataset)]
     pub dataset_field: DatasetField,
 
-    /// Recognise only these event shapes (comma-separated): records, eventbridge, raw,
-    /// envelope, ecs. Others fall through to the next allowed shape.
+    /// Recognise only these event shapes (comma-separated): records, lookupevents, eventbridge,
+    /// raw, envelope, ecs. Others fall through to the next allowed shape.
     #[arg(long, value_delimiter = ',', value_name = "SHAPES")]
     pub shapes: Option<Vec<Shape>>,
 
-    /// Emit each record of a CloudTrail log file (`{"Records":[...]}`) as its own line;
-    /// matching records are enriched, and in tag mode every record comes out.
+    /// Emit each event of a container as its own line: each record of a CloudTrail log file
+    /// (`{"Records":[...]}`), each element of a LookupEvents response (`{"Events":[...]}`), each
+    /// record of a log file in an envelope's `message` (one envelope per record). Matching events
+    /// are enriched, and in tag mode every event comes out.
     #[arg(long)]
     pub split_records: bool,
 
