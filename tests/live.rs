@@ -98,22 +98,32 @@ fn closed_stdout_ends_the_run_quietly() {
 
 #[test]
 fn unreadable_inputs_are_reported_and_the_rest_still_run() {
-    let dir = std::env::temp_dir();
+    let dir = std::env::temp_dir().join(format!("kmsguard-unreadable-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // A gzip header and then garbage: a corrupt archive.
+    let corrupt = dir.join("corrupt.json.gz");
+    std::fs::write(&corrupt, b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03garbage, not deflate")
+        .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_kmsguard"))
-        .arg(&dir)
         .arg(dir.join("kmsguard-no-such-file"))
+        .arg(&corrupt)
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/cloudtrail-sample.ndjson"))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 2, "one line per bad input: {err}");
-    assert!(err.contains("Is a directory") && err.contains("No such file"), "{err}");
+    assert!(err.contains("No such file"), "{err}");
+    assert!(
+        err.contains("corrupt.json.gz: corrupt or truncated gzip data at compressed byte"),
+        "{err}"
+    );
     assert_eq!(
         out.stdout.iter().filter(|&&b| b == b'\n').count(),
         5,
         "the sample's matches still come out"
     );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// SIGTERM and SIGINT: what was read is decided and flushed, `--stats` is printed, and the exit

@@ -12,7 +12,9 @@ Examples:
   vector ... | kmsguard --mode tag --assume-dataset aws.cloudtrail | vector ...
 
 Exit status: 0 when the input was read to its end (whether or not anything matched),
-1 when --on-invalid fail stopped at an invalid line, 2 on I/O or usage errors,
+1 when --on-invalid fail stopped at an invalid line, 2 on I/O or usage errors (an
+unreadable file or a corrupt archive: the other inputs still run). With -q: 0 when
+something matched, 1 when nothing did, 2 on an error, as grep.
 130 / 143 after SIGINT / SIGTERM (what was read is decided, written and flushed first).
 A closed stdout (a downstream `head`) ends the run quietly with status 0.";
 
@@ -22,8 +24,9 @@ A closed stdout (a downstream `head`) ends the run quietly with status 0.";
 #[derive(Debug, Parser)]
 #[command(name = "kmsguard", version, after_help = AFTER_HELP)]
 pub struct Args {
-    /// Input files; `-` or none reads standard input.
-    #[arg(value_name = "FILE")]
+    /// Input files and directories (walked recursively, in path order); `-` or none reads
+    /// standard input. gzip and zstd input is recognised by its first bytes and decompressed.
+    #[arg(value_name = "PATH")]
     pub files: Vec<PathBuf>,
 
     /// filter: only matching events come out, enriched. tag: every line comes out in order,
@@ -79,11 +82,51 @@ pub struct Args {
     #[arg(long, value_name = "SECONDS", default_value_t = 600, requires = "max_alerts")]
     pub alert_window: u64,
 
-    /// Decide a memory-mapped file on N threads, in chunks of whole lines, output in input order.
-    /// Pipes are always read on one thread, and so is every input under --on-invalid fail or
-    /// --max-alerts (their line numbers and budget belong to one stream).
+    /// Decide on N threads: several inputs (files, a directory's files) N at a time, a single
+    /// memory-mapped file in chunks of whole lines. Output keeps the input order either way, one
+    /// input after the other. Pipes are read on one thread, and so is every input under
+    /// --on-invalid fail or --max-alerts (their line numbers and budget belong to one stream).
     #[arg(short = 'j', long, value_name = "N", default_value_t = 1)]
     pub threads: usize,
+
+    /// Print the number of matches instead of the events: the number alone for one input,
+    /// `NAME:COUNT` for each input with matches when there are several (as `rg -c`).
+    #[arg(short, long)]
+    pub count: bool,
+
+    /// Print nothing on stdout; exit 0 when something matched, 1 when nothing did, 2 on an
+    /// error (grep's convention, for scripts). Without -q the exit status is 0 whenever the
+    /// input was read, matches or not, so that a pipeline does not see a quiet hour as a fault.
+    #[arg(short, long)]
+    pub quiet: bool,
+
+    /// Walk hidden files and directories too (names starting with `.`).
+    #[arg(long)]
+    pub hidden: bool,
+
+    /// Follow symbolic links inside directories (paths named on the command line are always
+    /// read).
+    #[arg(short = 'L', long)]
+    pub follow: bool,
+
+    /// For each line that was parsed and does not match, one line on stderr saying which
+    /// clause failed and why (outcome failure from errorCode, dataset absent, repeated key,
+    /// invalid JSON...). Only prefilter candidates are parsed: a line without an action term
+    /// cannot match and is not explained.
+    #[arg(long)]
+    pub explain: bool,
+
+    /// Silence warnings about what may have hidden a match (comma-separated): invalid,
+    /// dataset, undecoded, spanning, assume-dataset, or all.
+    #[arg(long, value_delimiter = ',', value_name = "KINDS")]
+    pub no_warn: Vec<WarnKind>,
+
+    /// Read concatenated JSON instead of lines: documents separated by any whitespace, as jq
+    /// reads them, so pretty-printed files and `aws cloudtrail lookup-events` output work as
+    /// they come. Tag mode writes every byte again (matches enriched in place); filter mode
+    /// writes each match on one line.
+    #[arg(long)]
+    pub json_stream: bool,
 
     /// Never memory-map regular files; read them like a pipe.
     #[arg(long)]
@@ -93,6 +136,36 @@ pub struct Args {
     /// stderr at the end.
     #[arg(long)]
     pub stats: bool,
+
+    /// The format of --stats: text, or one JSON object (implies --stats).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub stats_format: Option<StatsFormat>,
+}
+
+/// `--stats-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StatsFormat {
+    /// Lines for a human.
+    Text,
+    /// One JSON object.
+    Json,
+}
+
+/// `--no-warn`: the warnings a run prints at its end when something may have hidden a match.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum WarnKind {
+    /// Parsed lines that are not valid documents.
+    Invalid,
+    /// ECS documents that match but for a missing dataset.
+    Dataset,
+    /// Inputs that look compressed or binary in a format kmsguard does not decode.
+    Undecoded,
+    /// Inputs whose documents span lines (pretty-printed JSON).
+    Spanning,
+    /// An --assume-dataset value that no rule clause accepts.
+    AssumeDataset,
+    /// Every warning.
+    All,
 }
 
 /// `--mode`.

@@ -1,6 +1,8 @@
 //! The `kmsguard` binary: NDJSON on stdin or files, matching CloudTrail events out.
 
 mod cli;
+mod input;
+mod output;
 mod signal;
 
 use std::fs::File;
@@ -16,7 +18,9 @@ use kmsguard_matcher::{Matcher, Rule, Shapes, DATA_STREAM_DATASET, EVENT_DATASET
 use kmsguard_transform::{line_end_after, AlertBudget, Mode, OnInvalid, Options, Transform};
 use memmap2::{Advice, Mmap, UncheckedAdvice};
 
-use crate::cli::{Args, DatasetField, ModeArg, OnInvalidArg};
+use crate::cli::{Args, DatasetField, ModeArg, OnInvalidArg, StatsFormat, WarnKind};
+use crate::input::{Format, Input};
+use crate::output::{InputSink, Ordered, Separated};
 use crate::signal::StopOnSignal;
 
 fn main() -> ExitCode {
@@ -44,12 +48,17 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
     })
 }
 
-fn build(args: &Args) -> Transform {
+/// The rule the run evaluates.
+fn rule(args: &Args) -> Rule {
     let dataset_field = match args.dataset_field {
         DatasetField::EventDataset => EVENT_DATASET,
         DatasetField::DataStreamDataset => DATA_STREAM_DATASET,
     };
-    let rule = Rule::kms_cmk_disabled_or_scheduled_for_deletion().with_dataset_field(dataset_field);
+    Rule::kms_cmk_disabled_or_scheduled_for_deletion().with_dataset_field(dataset_field)
+}
+
+fn build(args: &Args) -> Transform {
+    let rule = rule(args);
     let shapes = args.shapes.as_deref().map_or_else(Shapes::all, Shapes::of);
     let matcher = Matcher::builder()
         .rule(rule)
@@ -69,7 +78,8 @@ fn build(args: &Args) -> Transform {
         split_records: args.split_records,
         max_line_bytes: args.max_line_bytes,
         tag: args.tag.clone(),
-        count_lines: args.stats,
+        count_lines: args.stats || args.stats_format.is_some(),
+        explain: args.explain,
         alert_budget: args.max_alerts.map(|max| AlertBudget {
             max,
             window: std::time::Duration::from_secs(args.alert_window),
@@ -135,51 +145,6 @@ impl Releaser<'_> {
     }
 }
 
-/// Keeps the lines of consecutive inputs apart (spec section 5): when an input's output ends
-/// without a `\n` (tag mode, a last line without one), a `\n` goes out before the next input's
-/// first byte. Every read path writes through it, so mapped, streamed and threaded runs agree.
-struct Separated<W> {
-    inner: W,
-    /// The last byte written for the current input, if any.
-    last: Option<u8>,
-    /// A `\n` is owed before the next byte.
-    owed: bool,
-}
-
-impl<W: Write> Separated<W> {
-    fn new(inner: W) -> Separated<W> {
-        Separated { inner, last: None, owed: false }
-    }
-
-    /// Marks the end of one input. An input that wrote nothing leaves an owed `\n` owed.
-    fn end_input(&mut self) {
-        if let Some(last) = self.last.take() {
-            self.owed = last != b'\n';
-        }
-    }
-}
-
-impl<W: Write> Write for Separated<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        if self.owed {
-            self.inner.write_all(b"\n")?;
-            self.owed = false;
-        }
-        let n = self.inner.write(buf)?;
-        if n > 0 {
-            self.last = Some(buf[n - 1]);
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 /// How much of a mapped file each thread decides per round.
 const CHUNK: usize = 4 << 20;
 
@@ -229,87 +194,460 @@ fn run_mapped(
     Ok(())
 }
 
+/// Why an input stopped before its end.
+enum InputError {
+    /// It could not be read (or decompressed) to its end: reported, and the run goes on.
+    Read(String),
+    /// `--on-invalid fail` met an invalid line: the run stops with status 1.
+    Invalid(String),
+    /// Writing the output failed: the run stops.
+    Write(kmsguard_transform::Error),
+}
+
+impl From<kmsguard_transform::Error> for InputError {
+    fn from(e: kmsguard_transform::Error) -> InputError {
+        if e.is_read() {
+            InputError::Read(e.to_string())
+        } else if e.is_invalid_line() {
+            InputError::Invalid(e.to_string())
+        } else {
+            InputError::Write(e)
+        }
+    }
+}
+
+/// What a run noticed that may have hidden a match, beyond what [`kmsguard_transform::Stats`]
+/// counts: inputs read as text although they look compressed or binary.
+#[derive(Default)]
+struct Findings {
+    undecoded: Vec<(usize, String, &'static str)>,
+}
+
+impl Findings {
+    fn note(&mut self, index: usize, name: &str, format: Format, head: &[u8]) {
+        let kind = match format {
+            Format::Undecoded(kind) => kind,
+            Format::Plain if input::looks_binary(head) => "binary (NUL bytes)",
+            _ => return,
+        };
+        self.undecoded.push((index, name.to_string(), kind));
+    }
+}
+
+/// Decides one input with `transforms` (several only for a memory-mapped file cut into chunks),
+/// writing events to `out`.
+fn decide_input(
+    index: usize,
+    input: &Input,
+    transforms: &mut [Transform],
+    out: &mut dyn Write,
+    args: &Args,
+    findings: &mut Findings,
+) -> Result<(), InputError> {
+    let name = input.name();
+    for t in transforms.iter_mut() {
+        t.begin_input(index, &name);
+    }
+    match input {
+        Input::Stdin => {
+            let stdin = io::stdin();
+            // A redirected regular file can be mapped through the stdin descriptor.
+            if let Ok(fd) = stdin.as_fd().try_clone_to_owned() {
+                return decide_file(index, &name, File::from(fd), transforms, out, args, findings);
+            }
+            enlarge_pipe(stdin.as_fd());
+            decide_stream(index, &name, stdin.lock(), &mut transforms[0], out, args, findings)
+        }
+        Input::Path(path) => match File::open(path) {
+            Ok(file) => decide_file(index, &name, file, transforms, out, args, findings),
+            Err(e) => Err(InputError::Read(e.to_string())),
+        },
+    }
+}
+
+/// Decides an open file: memory-mapped when it is a regular, uncompressed file, else streamed
+/// (and decompressed when its first bytes say so).
+fn decide_file(
+    index: usize,
+    name: &str,
+    file: File,
+    transforms: &mut [Transform],
+    out: &mut dyn Write,
+    args: &Args,
+    findings: &mut Findings,
+) -> Result<(), InputError> {
+    let regular = file.metadata().is_ok_and(|m| m.is_file());
+    if regular && !args.no_mmap && !args.json_stream {
+        let head = input::head_of(&file).map_err(|e| InputError::Read(e.to_string()))?;
+        if matches!(input::sniff(&head), Format::Plain | Format::Undecoded(_)) {
+            if let Some(map) = map(&file) {
+                let format = input::sniff(&map);
+                findings.note(index, name, format, &map[..map.len().min(8192)]);
+                return Ok(run_mapped(transforms, &map, out)?);
+            }
+        }
+    }
+    enlarge_pipe(file.as_fd());
+    decide_stream(index, name, file, &mut transforms[0], out, args, findings)
+}
+
+/// Decides a stream, recognised by its first bytes and decompressed when it needs to be.
+fn decide_stream(
+    index: usize,
+    name: &str,
+    reader: impl io::Read,
+    transform: &mut Transform,
+    out: &mut dyn Write,
+    args: &Args,
+    findings: &mut Findings,
+) -> Result<(), InputError> {
+    let peeked = input::Peeked::new(reader).map_err(|e| InputError::Read(e.to_string()))?;
+    let format = input::sniff(peeked.head());
+    findings.note(index, name, format, peeked.head());
+    let text = input::reader(format, peeked).map_err(|e| InputError::Read(e.to_string()))?;
+    let mut text = StopOnSignal(text);
+    if args.json_stream {
+        Ok(transform.run_documents(&mut text, out)?)
+    } else {
+        Ok(transform.run(&mut text, out)?)
+    }
+}
+
+/// Matches so far, summed over the transforms.
+fn matches(transforms: &[Transform]) -> u64 {
+    transforms.iter().map(|t| t.stats().matches).sum()
+}
+
+/// What a run's inputs came to.
+#[derive(Default)]
+struct Outcome {
+    stats: kmsguard_transform::Stats,
+    findings: Findings,
+    /// Inputs that could not be read to their end (and walking errors).
+    errors: u64,
+    /// `--on-invalid fail` stopped the run.
+    invalid: bool,
+    /// The run stopped on a write error (a closed stdout ends it quietly).
+    write_error: Option<kmsguard_transform::Error>,
+}
+
+impl Outcome {
+    fn absorb(&mut self, name: &str, result: Result<(), InputError>) {
+        match result {
+            Ok(()) => {}
+            // An unreadable input is reported, and the others still run, as cat and rg do.
+            Err(InputError::Read(e)) => {
+                eprintln!("kmsguard: {name}: {e}");
+                self.errors += 1;
+            }
+            Err(InputError::Invalid(e)) => {
+                eprintln!("kmsguard: {name}: {e}");
+                self.invalid = true;
+            }
+            Err(InputError::Write(e)) => self.write_error = Some(e),
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.invalid || self.write_error.is_some() || signal::received().is_some()
+    }
+}
+
+/// The line `--count` writes for one input, if any.
+fn count_line(args: &Args, inputs: usize, name: &str, count: u64) -> Option<String> {
+    match (args.count, inputs) {
+        (false, _) => None,
+        (true, 1) => Some(format!("{count}\n")),
+        (true, _) if count > 0 => Some(format!("{name}:{count}\n")),
+        _ => None,
+    }
+}
+
+/// Decides the inputs one after the other (a mapped file on `-j` threads).
+fn run_sequential(
+    args: &Args,
+    inputs: &[Input],
+    jobs: usize,
+    out: &mut Separated<Box<dyn Write + Send>>,
+) -> Outcome {
+    let mut transforms: Vec<Transform> = (0..jobs).map(|_| build(args)).collect();
+    let mut outcome = Outcome::default();
+    let events_elsewhere = args.count || args.quiet;
+    for (index, input) in inputs.iter().enumerate() {
+        let before = matches(&transforms);
+        let result = if events_elsewhere {
+            decide_input(
+                index,
+                input,
+                &mut transforms,
+                &mut io::sink(),
+                args,
+                &mut outcome.findings,
+            )
+        } else {
+            decide_input(index, input, &mut transforms, out, args, &mut outcome.findings)
+        };
+        out.end_input();
+        let name = input.name();
+        let count = matches(&transforms) - before;
+        outcome.absorb(&name, result);
+        if let Some(line) = count_line(args, inputs.len(), &name, count) {
+            if let Err(e) = out.write_all(line.as_bytes()) {
+                outcome.write_error = Some(e.into());
+            }
+        }
+        if outcome.stopped() {
+            break;
+        }
+    }
+    for t in &transforms {
+        outcome.stats.add(t.stats());
+    }
+    outcome
+}
+
+/// Decides `jobs` inputs at a time, each on one thread, writing their outputs in input order.
+fn run_parallel(
+    args: &Args,
+    inputs: &[Input],
+    jobs: usize,
+    out: Separated<Box<dyn Write + Send>>,
+) -> (Outcome, Separated<Box<dyn Write + Send>>) {
+    let ordered = Ordered::new(out);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let outcomes: Vec<Outcome> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..jobs)
+            .map(|_| {
+                let (ordered, next) = (&ordered, &next);
+                scope.spawn(move || {
+                    let mut transform = build(args);
+                    let mut outcome = Outcome::default();
+                    loop {
+                        let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if index >= inputs.len() || !ordered.wait_window(index, 2 * jobs) {
+                            break;
+                        }
+                        let mut slot = ordered.slot(index);
+                        let input = &inputs[index];
+                        let before = transform.stats().matches;
+                        let transforms = std::slice::from_mut(&mut transform);
+                        let result = if args.count || args.quiet {
+                            decide_input(
+                                index,
+                                input,
+                                transforms,
+                                &mut io::sink(),
+                                args,
+                                &mut outcome.findings,
+                            )
+                        } else {
+                            decide_input(
+                                index,
+                                input,
+                                transforms,
+                                &mut slot,
+                                args,
+                                &mut outcome.findings,
+                            )
+                        };
+                        let name = input.name();
+                        let count = transform.stats().matches - before;
+                        outcome.absorb(&name, result);
+                        let written = match count_line(args, inputs.len(), &name, count) {
+                            Some(line) => {
+                                slot.write_all(line.as_bytes()).and_then(|()| slot.finish())
+                            }
+                            None => slot.finish(),
+                        };
+                        if let Err(e) = written {
+                            if outcome.write_error.is_none()
+                                && e.kind() != io::ErrorKind::Interrupted
+                            {
+                                outcome.write_error = Some(e.into());
+                            }
+                        }
+                        if outcome.stopped() {
+                            ordered.stop();
+                            break;
+                        }
+                    }
+                    outcome.stats.add(transform.stats());
+                    outcome
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().expect("a worker panicked")).collect()
+    });
+    let mut total = Outcome::default();
+    for o in outcomes {
+        total.stats.add(&o.stats);
+        total.findings.undecoded.extend(o.findings.undecoded);
+        total.errors += o.errors;
+        total.invalid |= o.invalid;
+        total.write_error = total.write_error.or(o.write_error);
+    }
+    total.findings.undecoded.sort();
+    (total, ordered.into_inner())
+}
+
 fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let start = Instant::now();
+    let silenced = |kind| args.no_warn.contains(&kind) || args.no_warn.contains(&WarnKind::All);
+    if let Some(dataset) = &args.assume_dataset {
+        let rule = rule(args);
+        let accepted = rule.dataset_clause().is_some_and(|c| c.terms.contains(&dataset.as_str()));
+        if !accepted && !silenced(WarnKind::AssumeDataset) {
+            eprintln!(
+                "kmsguard: warning: --assume-dataset {dataset}: the rule's {} clause accepts only {}, \
+                 so documents without a dataset still cannot match (--no-warn assume-dataset)",
+                rule.dataset_clause().map_or("dataset", |c| c.field),
+                rule.dataset_clause().map_or(String::new(), |c| c.terms.join(", "))
+            );
+        }
+    }
+    let mut walk_errors = 0;
+    let walk = input::Walk { hidden: args.hidden, follow: args.follow };
+    let inputs = input::expand(&args.files, walk, &mut |e| {
+        eprintln!("kmsguard: {e}");
+        walk_errors += 1;
+    });
     // Line numbers (--on-invalid fail) and the alert budget belong to one stream: one thread.
-    let threads = if args.on_invalid == OnInvalidArg::Fail || args.max_alerts.is_some() {
+    let jobs = if args.on_invalid == OnInvalidArg::Fail || args.max_alerts.is_some() {
         1
     } else {
         args.threads.max(1)
     };
-    let mut transforms: Vec<Transform> = (0..threads).map(|_| build(args)).collect();
-    let report = |transforms: &[Transform]| {
-        let mut stats = transforms[0].stats().clone();
-        transforms[1..].iter().for_each(|t| stats.add(t.stats()));
-        eprintln!("{}", stats.report(start.elapsed()));
-    };
     let stdout = io::stdout();
-    let lock = stdout.lock();
     // Block-buffer a pipe or file; a terminal sees each line as soon as it is decided.
-    let capacity = if lock.is_terminal() { 0 } else { 256 * 1024 };
-    let mut out = Separated::new(BufWriter::with_capacity(capacity, lock));
-    let stdin_name = std::path::PathBuf::from("-");
-    let files = if args.files.is_empty() { std::slice::from_ref(&stdin_name) } else { &args.files };
-    let mut code = ExitCode::SUCCESS;
-    for path in files {
-        let result = if path.as_os_str() == "-" {
-            let stdin = io::stdin();
-            // A redirected regular file can be mapped through the stdin descriptor.
-            let file = stdin.as_fd().try_clone_to_owned().map(File::from);
-            match file.ok().filter(|_| !args.no_mmap).and_then(|f| map(&f)) {
-                Some(map) => run_mapped(&mut transforms, &map, &mut out),
-                None => {
-                    enlarge_pipe(stdin.as_fd());
-                    transforms[0].run(&mut StopOnSignal(stdin.lock()), &mut out)
-                }
-            }
-        } else {
-            match File::open(path) {
-                Ok(file) => match map(&file).filter(|_| !args.no_mmap) {
-                    Some(map) => run_mapped(&mut transforms, &map, &mut out),
-                    None => {
-                        enlarge_pipe(file.as_fd());
-                        transforms[0].run(&mut StopOnSignal(&file), &mut out)
-                    }
-                },
-                Err(e) => {
-                    eprintln!("kmsguard: {}: {e}", path.display());
-                    code = ExitCode::from(2);
-                    continue;
-                }
-            }
-        };
-        out.end_input();
-        match result {
-            Ok(()) => {}
-            // An unreadable input is reported, and the others still run, as cat and rg do.
-            Err(e) if e.is_read() => {
-                eprintln!("kmsguard: {}: {e}", path.display());
-                code = ExitCode::from(2);
-            }
-            Err(e) if e.is_invalid_line() => {
-                eprintln!("kmsguard: {}: {e}", path.display());
-                code = ExitCode::from(1);
-                break;
-            }
-            Err(e) => {
-                if args.stats {
-                    report(&transforms);
-                }
-                return Err(e).context("writing standard output");
-            }
-        }
-        if signal::received().is_some() {
-            break;
+    let capacity = if stdout.is_terminal() { 0 } else { 256 * 1024 };
+    let sink: Box<dyn Write + Send> = if args.quiet {
+        Box::new(io::sink())
+    } else {
+        Box::new(BufWriter::with_capacity(capacity, stdout))
+    };
+    let out = Separated::new(sink);
+    let (mut outcome, mut out) = if jobs > 1 && inputs.len() > 1 {
+        run_parallel(args, &inputs, jobs, out)
+    } else {
+        let mut out = out;
+        let outcome = run_sequential(args, &inputs, jobs, &mut out);
+        (outcome, out)
+    };
+    outcome.errors += walk_errors;
+    if outcome.write_error.is_none() {
+        if let Err(e) = out.flush() {
+            outcome.write_error = Some(e.into());
         }
     }
-    out.flush().context("writing standard output")?;
-    if args.stats {
-        report(&transforms);
+    if args.stats || args.stats_format.is_some() {
+        report(args, &outcome, start.elapsed());
+    }
+    warn(args, &outcome, &inputs);
+    if let Some(e) = outcome.write_error {
+        return Err(e).context("writing standard output");
     }
     if let Some(sig) = signal::received() {
         // The shell convention for a run ended by a signal, after a clean flush.
         return Ok(ExitCode::from(128 + sig as u8));
     }
-    Ok(code)
+    Ok(exit_code(args, &outcome))
+}
+
+/// The exit status: 0 when every input was read, 1 when --on-invalid fail stopped, 2 after an
+/// error; with -q, grep's: 0 when something matched (even after an error), 1 when nothing did.
+fn exit_code(args: &Args, outcome: &Outcome) -> ExitCode {
+    if args.quiet && outcome.stats.matches > 0 {
+        ExitCode::SUCCESS
+    } else if outcome.invalid {
+        ExitCode::from(1)
+    } else if outcome.errors > 0 {
+        ExitCode::from(2)
+    } else if args.quiet {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// `--stats`: the counts on stderr, as text or JSON.
+fn report(args: &Args, outcome: &Outcome, elapsed: std::time::Duration) {
+    match args.stats_format.unwrap_or(StatsFormat::Text) {
+        StatsFormat::Text => eprintln!("{}", outcome.stats.report(elapsed)),
+        StatsFormat::Json => {
+            let mut json = outcome.stats.to_json(elapsed);
+            json["errors"] = outcome.errors.into();
+            eprintln!("{json}");
+        }
+    }
+}
+
+/// One stderr line per condition that likely hid a match, whether or not --stats was asked,
+/// unless silenced with --no-warn.
+fn warn(args: &Args, outcome: &Outcome, inputs: &[Input]) {
+    let silenced = |kind| args.no_warn.contains(&kind) || args.no_warn.contains(&WarnKind::All);
+    let stats = &outcome.stats;
+    // Under --on-invalid fail the invalid line has been named already.
+    if stats.invalid > 0 && !outcome.invalid && !silenced(WarnKind::Invalid) {
+        let first = stats
+            .first_invalid
+            .as_ref()
+            .map_or(String::new(), |p| format!(" (the first: {})", where_in(p, inputs)));
+        let (n, what) = match stats.invalid {
+            1 => (1, "line is not a valid JSON document"),
+            n => (n, "lines are not valid JSON documents"),
+        };
+        eprintln!(
+            "kmsguard: warning: {n} candidate {what} and cannot match{first}; \
+             --explain says why (--no-warn invalid)"
+        );
+    }
+    if stats.dataset_absent > 0 && !silenced(WarnKind::Dataset) {
+        eprintln!(
+            "kmsguard: warning: {} ECS document{} every clause but the dataset, which {} no value: \
+             if the stream is CloudTrail's, add --assume-dataset aws.cloudtrail (--no-warn dataset)",
+            stats.dataset_absent,
+            if stats.dataset_absent == 1 { " satisfies" } else { "s satisfy" },
+            if stats.dataset_absent == 1 { "has" } else { "have" },
+        );
+    }
+    if !outcome.findings.undecoded.is_empty() && !silenced(WarnKind::Undecoded) {
+        let (_, name, kind) = &outcome.findings.undecoded[0];
+        let more = outcome.findings.undecoded.len() - 1;
+        let more = if more > 0 { format!(" and {more} more input(s)") } else { String::new() };
+        eprintln!(
+            "kmsguard: warning: {name} looks {kind}{more}, which kmsguard does not decode: it was \
+             read as text (decompress it first; gzip and zstd are decoded) (--no-warn undecoded)"
+        );
+    }
+    if stats.spanning > 0 && !silenced(WarnKind::Spanning) {
+        let name = stats.first_spanning.as_ref().map_or("-", |p| p.name.as_str());
+        eprintln!(
+            "kmsguard: warning: {name} holds JSON documents that span lines (pretty-printed), \
+             which are invalid as lines: read such input with --json-stream (--no-warn spanning)"
+        );
+    }
+}
+
+/// `NAME line N`, or `NAME byte N` when lines were not counted and cannot be counted again
+/// cheaply (a pipe, a compressed file).
+fn where_in(p: &kmsguard_transform::Position, inputs: &[Input]) -> String {
+    let line = p.line.or_else(|| match inputs.get(p.input) {
+        Some(Input::Path(path)) => line_of_offset(path, p.byte),
+        _ => None,
+    });
+    match line {
+        Some(line) => format!("{} line {line}", p.name),
+        None => format!("{} byte {}", p.name, p.byte),
+    }
+}
+
+/// The 1-based line number of byte `offset` of a plain file, by counting newlines before it.
+fn line_of_offset(path: &std::path::Path, offset: u64) -> Option<u64> {
+    let file = File::open(path).ok()?;
+    if !matches!(input::sniff(&input::head_of(&file).ok()?), Format::Plain) {
+        return None;
+    }
+    let map = map(&file)?;
+    let upto = usize::try_from(offset).ok()?.min(map.len());
+    Some(memchr::memchr_iter(b'\n', &map[..upto]).count() as u64 + 1)
 }

@@ -2,6 +2,7 @@
 
 use simd_json::{tape::Node, Buffers, StaticNode, Tape};
 
+use crate::explain::{Explanation, Miss};
 use crate::normalize::{normalize, MARKER_UTF8};
 use crate::rule::{
     is_dataset_field, RawValue, Rule, CLOUDTRAIL_DATASET, DATA_STREAM_DATASET, EVENT_DATASET,
@@ -141,6 +142,8 @@ struct Ctx {
     dataset_clause: Option<usize>,
     /// Indexes of the `event.dataset` and `data_stream.dataset` probes that recognise envelopes.
     envelope_probes: [usize; 2],
+    /// Why the last document decided did not match.
+    miss: std::cell::Cell<Miss>,
 }
 
 /// The UTF-8 byte order mark. Jackson skips one at the start of a document's bytes, so a line
@@ -159,7 +162,9 @@ impl Evaluator {
         }
         assert!(probes.len() <= MAX_PROBES, "a rule has at most {} clauses", MAX_PROBES - 2);
         assert!(probes.iter().all(|p| p.field.len() < usize::from(DEAD)), "field path too long");
-        let ctx = Ctx { rule, shapes, assume_dataset, probes, dataset_clause, envelope_probes };
+        let miss = std::cell::Cell::new(Miss::NoShape);
+        let ctx =
+            Ctx { rule, shapes, assume_dataset, probes, dataset_clause, envelope_probes, miss };
         Evaluator { ctx, outer: Parser::new(), inner: Parser::new(), keys: Vec::new() }
     }
 
@@ -193,7 +198,7 @@ impl Evaluator {
                 if !valid_object(tape, &[], &mut hits, keys) {
                     Verdict::Invalid
                 } else if is_raw_record(tape, 0) {
-                    ctx.verdict(ctx.raw_matches(tape, 0), Shape::Raw)
+                    ctx.verdict(ctx.raw_miss(tape, 0), Shape::Raw)
                 } else {
                     Verdict::NoMatch(None)
                 }
@@ -215,10 +220,10 @@ impl Evaluator {
                 }
                 let mut doc = Doc { tape, encoded, inner, keys };
                 let record = member(tape, 0, "CloudTrailEvent").and_then(|r| {
-                    doc.with_inner(r, |t| is_raw_record(t, 0).then(|| ctx.raw_matches(t, 0)))
+                    doc.with_inner(r, |t| is_raw_record(t, 0).then(|| ctx.raw_miss(t, 0)))
                 });
                 match record.flatten() {
-                    Some(matched) => ctx.verdict(matched, Shape::LookupEvents),
+                    Some(miss) => ctx.verdict(miss, Shape::LookupEvents),
                     None => Verdict::NoMatch(None),
                 }
             })
@@ -264,92 +269,110 @@ fn valid_object(
 
 impl Ctx {
     /// Recognises the shape of a valid, duplicate-free object (spec section 4: the first shape
-    /// that applies decides) and evaluates it.
+    /// that applies decides) and evaluates it, recording why when it does not match.
     fn decide(&self, doc: &mut Doc, hits: &[Hit]) -> Verdict {
         let shapes = self.shapes;
         let tape = doc.tape;
         if shapes.contains(Shape::Records) {
-            if let Some(matched) = self.records_match(tape, 0) {
-                return self.verdict(matched, Shape::Records);
+            if let Some(miss) = self.records_miss(tape, 0) {
+                return self.verdict(miss, Shape::Records);
             }
         }
         if shapes.contains(Shape::LookupEvents) {
-            if let Some(matched) = self.lookup_events_match(doc) {
-                return self.verdict(matched, Shape::LookupEvents);
+            if let Some(miss) = self.lookup_events_miss(doc) {
+                return self.verdict(miss, Shape::LookupEvents);
             }
         }
         if shapes.contains(Shape::EventBridge) {
             let detail_type = member(tape, 0, "detail-type").map(|i| tape[i]);
             if detail_type == Some(Node::String(EVENTBRIDGE_DETAIL_TYPE)) {
                 if let Some(d) = member(tape, 0, "detail").filter(|&d| is_raw_record(tape, d)) {
-                    return self.verdict(self.raw_matches(tape, d), Shape::EventBridge);
+                    return self.verdict(self.raw_miss(tape, d), Shape::EventBridge);
                 }
             }
         }
         if shapes.contains(Shape::Raw) && is_raw_record(tape, 0) {
-            return self.verdict(self.raw_matches(tape, 0), Shape::Raw);
+            return self.verdict(self.raw_miss(tape, 0), Shape::Raw);
         }
         if shapes.contains(Shape::Envelope) && self.envelope_dataset(hits) {
             if let Some(message) = member(tape, 0, "message") {
                 let inner = doc.with_inner(message, |t| {
-                    self.records_match(t, 0)
-                        .or_else(|| is_raw_record(t, 0).then(|| self.raw_matches(t, 0)))
+                    self.records_miss(t, 0)
+                        .or_else(|| is_raw_record(t, 0).then(|| self.raw_miss(t, 0)))
                 });
-                if let Some(Some(matched)) = inner {
-                    return self.verdict(matched, Shape::Envelope);
+                if let Some(Some(miss)) = inner {
+                    return self.verdict(miss, Shape::Envelope);
                 }
             }
         }
         if shapes.contains(Shape::Ecs) {
-            let matched = (0..self.rule.clauses.len()).all(|c| {
-                let hit = hits[c];
-                hit.equal
-                    || (Some(c) == self.dataset_clause
-                        && !hit.has_value
-                        && self.assumed_dataset_in(self.probes[c].terms))
-            });
-            return self.verdict(matched, Shape::Ecs);
+            return self.verdict(self.ecs_miss(hits), Shape::Ecs);
         }
+        self.miss.set(Miss::NoShape);
         Verdict::NoMatch(None)
     }
 
-    fn verdict(&self, matched: bool, shape: Shape) -> Verdict {
-        if matched {
-            Verdict::Match(shape)
-        } else {
-            Verdict::NoMatch(Some(shape))
+    /// The verdict for a shape, given what failed (`None`: nothing did).
+    fn verdict(&self, miss: Option<Miss>, shape: Shape) -> Verdict {
+        match miss {
+            None => Verdict::Match(shape),
+            Some(miss) => {
+                self.miss.set(miss);
+                Verdict::NoMatch(Some(shape))
+            }
         }
+    }
+
+    /// The first clause an ECS document fails, if any. A missing dataset counts as the declared
+    /// one; when it is the only failure, it is told apart ([`Miss::DatasetAbsent`]).
+    fn ecs_miss(&self, hits: &[Hit]) -> Option<Miss> {
+        let mut failed = (0..self.rule.clauses.len()).filter(|&c| {
+            let hit = hits[c];
+            !(hit.equal
+                || (Some(c) == self.dataset_clause
+                    && !hit.has_value
+                    && self.assumed_dataset_in(self.probes[c].terms)))
+        });
+        let first = failed.next()?;
+        let field = self.probes[first].field;
+        Some(match (hits[first].has_value, failed.next()) {
+            (true, _) => Miss::NotEqual(field),
+            (false, None) if Some(first) == self.dataset_clause => Miss::DatasetAbsent(field),
+            (false, _) => Miss::NoValue(field),
+        })
     }
 
     /// When the object at `obj` is a CloudTrail log file (a non-empty `Records` array of raw
-    /// records), whether any record matches.
-    fn records_match(&self, tape: &[Node], obj: usize) -> Option<bool> {
+    /// records): `Some(None)` when a record matches, else `Some(Some(why))`.
+    fn records_miss(&self, tape: &[Node], obj: usize) -> Option<Option<Miss>> {
         let records = member(tape, obj, "Records")?;
-        if !matches!(tape[records], Node::Array { len, .. } if len > 0)
-            || !children(tape, records).all(|r| is_raw_record(tape, r))
-        {
+        let Node::Array { len, .. } = tape[records] else { return None };
+        if len == 0 || !children(tape, records).all(|r| is_raw_record(tape, r)) {
             return None;
         }
-        Some(children(tape, records).any(|r| self.raw_matches(tape, r)))
+        let any = children(tape, records).any(|r| self.raw_miss(tape, r).is_none());
+        Some((!any).then_some(Miss::NoRecord(len)))
     }
 
     /// When the document is a LookupEvents response (a non-empty `Events` array of objects whose
-    /// `CloudTrailEvent` string holds a raw record), whether any record matches.
-    fn lookup_events_match(&self, doc: &mut Doc) -> Option<bool> {
+    /// `CloudTrailEvent` string holds a raw record): `Some(None)` when a record matches, else
+    /// `Some(Some(why))`.
+    fn lookup_events_miss(&self, doc: &mut Doc) -> Option<Option<Miss>> {
         let tape = doc.tape;
         let events = member(tape, 0, "Events")?;
-        if !matches!(tape[events], Node::Array { len, .. } if len > 0) {
+        let Node::Array { len, .. } = tape[events] else { return None };
+        if len == 0 {
             return None;
         }
         let mut any = false;
         for event in children(tape, events) {
             let record = member(tape, event, "CloudTrailEvent")?;
             let matched = doc
-                .with_inner(record, |t| is_raw_record(t, 0).then(|| self.raw_matches(t, 0)))
+                .with_inner(record, |t| is_raw_record(t, 0).then(|| self.raw_miss(t, 0).is_none()))
                 .flatten()?;
             any |= matched;
         }
-        Some(any)
+        Some((!any).then_some(Miss::NoRecord(len)))
     }
 
     /// Whether the declared dataset is one of `terms`.
@@ -366,31 +389,113 @@ impl Ctx {
 
     /// Evaluates the rule on a raw record as the Elastic AWS integration's pipeline would index
     /// it (spec section 4): empty values removed, `eventSource` renamed, `eventName` rendered.
-    fn raw_matches(&self, tape: &[Node], record: usize) -> bool {
-        self.rule.clauses.iter().all(|clause| {
+    /// Returns the first clause that fails, or `None` when the record matches.
+    fn raw_miss(&self, tape: &[Node], record: usize) -> Option<Miss> {
+        for clause in &self.rule.clauses {
             if is_dataset_field(clause.field) {
-                clause.terms.contains(&CLOUDTRAIL_DATASET)
+                if !clause.terms.contains(&CLOUDTRAIL_DATASET) {
+                    return Some(Miss::NotEqual(clause.field));
+                }
             } else if clause.field == OUTCOME_FIELD {
                 let failed = RAW_ERROR_KEYS
                     .iter()
-                    .any(|k| member(tape, record, k).is_some_and(|v| !is_removed(tape, v)));
-                clause.terms.contains(&if failed { "failure" } else { "success" })
-            } else if let Some(raw) = RAW_FIELD_MAP.iter().find(|f| f.ecs == clause.field) {
-                member(tape, record, raw.key).is_some_and(|v| match raw.value {
-                    RawValue::Renamed => any_string_in(tape, v, clause.terms),
-                    RawValue::Rendered => {
-                        matches!(tape[v], Node::String(s) if clause.terms.contains(&s))
+                    .find(|k| member(tape, record, k).is_some_and(|v| !is_removed(tape, v)));
+                match failed {
+                    Some(key) if !clause.terms.contains(&"failure") => {
+                        return Some(Miss::RawFailed(key))
                     }
-                })
+                    None if !clause.terms.contains(&"success") => {
+                        return Some(Miss::NotEqual(clause.field))
+                    }
+                    _ => {}
+                }
+            } else if let Some(raw) = RAW_FIELD_MAP.iter().find(|f| f.ecs == clause.field) {
+                let miss = match member(tape, record, raw.key) {
+                    None => Some(Miss::RawAbsent(raw.key)),
+                    Some(v) if is_removed(tape, v) => Some(Miss::RawAbsent(raw.key)),
+                    Some(v) => match (raw.value, tape[v]) {
+                        (RawValue::Renamed, _) => (!any_string_in(tape, v, clause.terms))
+                            .then_some(Miss::RawNotEqual(raw.key)),
+                        (RawValue::Rendered, Node::String(s)) => {
+                            (!clause.terms.contains(&s)).then_some(Miss::RawNotEqual(raw.key))
+                        }
+                        (RawValue::Rendered, node) => {
+                            Some(Miss::RawRendered { key: raw.key, kind: json_kind(node) })
+                        }
+                    },
+                };
+                if miss.is_some() {
+                    return miss;
+                }
             } else {
-                false
+                return Some(Miss::NoValue(clause.field));
+            }
+        }
+        None
+    }
+}
+
+/// The JSON type of a non-string node, with its article, for explanations.
+fn json_kind(node: Node) -> &'static str {
+    match node {
+        Node::Array { .. } => "an array",
+        Node::Object { .. } => "an object",
+        Node::Static(StaticNode::Bool(_)) => "a boolean",
+        Node::Static(StaticNode::Null) => "null",
+        Node::Static(_) => "a number",
+        Node::String(_) => "a string",
+    }
+}
+
+impl Evaluator {
+    /// Why the last document decided did not match.
+    pub(crate) fn last_miss(&self) -> Miss {
+        self.ctx.miss.get()
+    }
+
+    /// Explains the decision on one line (see [`Explanation`]).
+    pub(crate) fn explain(&mut self, line: &[u8]) -> Explanation {
+        match self.evaluate(line) {
+            Verdict::Match(shape) => Explanation::Match(shape),
+            Verdict::NoMatch(shape) => Explanation::NoMatch { shape, miss: self.ctx.miss.get() },
+            Verdict::Invalid => Explanation::Invalid(self.invalid_reason(line)),
+        }
+    }
+
+    /// Why a line is not a document Elasticsearch would index.
+    fn invalid_reason(&mut self, line: &[u8]) -> String {
+        let line = line.strip_prefix(BOM).unwrap_or(line);
+        if let Err(e) = std::str::from_utf8(line) {
+            return format!("invalid UTF-8 at byte {}", e.valid_up_to());
+        }
+        let keys = &mut self.keys;
+        let parsed = self.outer.with_tape(line, false, |tape, _| {
+            if !matches!(tape.first(), Some(Node::Object { .. })) {
+                return format!("not an object but {}", json_kind(tape[0]));
+            }
+            let mut hits = [Hit::default(); MAX_PROBES];
+            match walk(tape, 0, &[0; MAX_PROBES], true, &[], &mut hits, keys) {
+                Err(key) => match tape.get(key) {
+                    Some(Node::String(k)) => format!("repeated key {k:?}"),
+                    _ => "repeated key".to_string(),
+                },
+                Ok(_) => "rejected".to_string(),
+            }
+        });
+        parsed.unwrap_or_else(|| {
+            let mut copy = Vec::new();
+            normalize(line, &mut copy, false);
+            match simd_json::to_tape(&mut copy) {
+                Err(e) => format!("not valid JSON ({e})"),
+                Ok(_) => "not valid JSON".to_string(),
             }
         })
     }
 }
 
 /// Walks the value at `i` with the probes' matched prefix lengths in `state`, recording what each
-/// probe's field holds and rejecting repeated keys. Returns the index just past the value.
+/// probe's field holds and rejecting repeated keys. Returns the index just past the value, or the
+/// index of a repeated key.
 ///
 /// Paths follow Elasticsearch: an object member extends the path by `.key`, array elements keep
 /// it, so dotted keys, nested objects and arrays of objects all reach the same field.
@@ -402,13 +507,13 @@ fn walk(
     probes: &[Probe],
     hits: &mut [Hit; MAX_PROBES],
     keys: &mut Vec<(u64, u32)>,
-) -> Result<usize, ()> {
+) -> Result<usize, usize> {
     match tape[i] {
         Node::Object { len, count } => {
             check_unique_keys(tape, i, len, keys)?;
             let mut j = i + 1;
             for _ in 0..len {
-                let Node::String(key) = tape[j] else { return Err(()) };
+                let Node::String(key) = tape[j] else { return Err(j) };
                 let mut next = [DEAD; MAX_PROBES];
                 for (p, probe) in probes.iter().enumerate() {
                     next[p] = extend(probe.field, state[p], at_root, key);
@@ -469,7 +574,8 @@ fn extend(field: &str, pos: u16, at_root: bool, key: &str) -> u16 {
     }
 }
 
-/// Fails when the object at `i` repeats a key (after unescaping, as the tape holds them).
+/// Fails with the tape index of a repeated key when the object at `i` repeats one (after
+/// unescaping, as the tape holds them).
 ///
 /// Up to 8 keys are compared pairwise. More are sorted by (hash, key) in a reused vector, so that
 /// equal keys, which hash alike, end up next to each other whatever else collides: the hash only
@@ -479,7 +585,7 @@ fn check_unique_keys(
     i: usize,
     len: usize,
     keys: &mut Vec<(u64, u32)>,
-) -> Result<(), ()> {
+) -> Result<(), usize> {
     if len < 2 {
         return Ok(());
     }
@@ -492,7 +598,7 @@ fn check_unique_keys(
         for (n, j) in member_keys(tape, i).enumerate() {
             let k = key_at(j as u32);
             if seen[..n].contains(&k) {
-                return Err(());
+                return Err(j);
             }
             seen[n] = k;
         }
@@ -501,10 +607,10 @@ fn check_unique_keys(
     keys.clear();
     keys.extend(member_keys(tape, i).map(|j| (hash(key_at(j as u32).as_bytes()), j as u32)));
     keys.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| key_at(a.1).cmp(key_at(b.1))));
-    if keys.windows(2).any(|w| w[0].0 == w[1].0 && key_at(w[0].1) == key_at(w[1].1)) {
-        return Err(());
+    match keys.windows(2).find(|w| w[0].0 == w[1].0 && key_at(w[0].1) == key_at(w[1].1)) {
+        Some(w) => Err(w[1].1 as usize),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// FNV-1a: keys are short, and a collision only costs string comparisons.
@@ -665,6 +771,53 @@ mod tests {
         hash_collision_does_not_hide_a_repeat: format!(r#"{{{M},"event.action":"DisableKey","a":0,"b":0,"2893ea9411391b85":0,"017bf672ad970641":0,"2893ea9411391b85":0}}"#) => Invalid;
         bom_starts_any_line: format!("\u{feff}{{{M},\"event.action\":\"DisableKey\"}}") => ECS;
         bom_after_whitespace_is_invalid: format!(" \u{feff}{{{M},\"event.action\":\"DisableKey\"}}") => Invalid;
+    }
+
+    #[test]
+    fn explanations_name_the_first_failing_clause() {
+        let explain = |doc: &str| Matcher::new().explain(doc.as_bytes()).to_string();
+        let ecs = r#""event.provider":"kms.amazonaws.com","event.outcome":"success","event.action":"DisableKey""#;
+        assert_eq!(
+            explain(&format!("{{{ecs}}}")),
+            "ecs: every clause holds but event.dataset, which has no value \
+             (declare the stream's dataset with --assume-dataset aws.cloudtrail)"
+        );
+        assert!(Matcher::new().explain(format!("{{{ecs}}}").as_bytes()).is_dataset_absent());
+        assert_eq!(
+            explain(&format!(r#"{{{ecs},"event.dataset":"aws.s3"}}"#)),
+            "ecs: no value of event.dataset equals a term of the rule"
+        );
+        assert_eq!(explain(r#"{"event.action":"DisableKey"}"#), "ecs: event.dataset has no value");
+        let raw = r#""eventSource":"kms.amazonaws.com","eventName""#;
+        assert_eq!(
+            explain(&format!(r#"{{{raw}:"DisableKey","errorCode":"X"}}"#)),
+            "raw: the record has errorCode, so event.outcome is failure"
+        );
+        assert_eq!(explain(&format!(r#"{{{raw}:["DisableKey"]}}"#)), "raw: the record's eventName is an array, which the ingest pipeline renders as text that equals no term");
+        assert_eq!(
+            explain(&format!(r#"{{{raw}:"Decrypt"}}"#)),
+            "raw: the record's eventName equals no term of the rule"
+        );
+        assert_eq!(
+            explain(r#"{"eventSource":"-","eventName":"DisableKey"}"#),
+            "raw: the record has no eventSource"
+        );
+        assert_eq!(
+            explain(
+                r#"{"Records":[{"eventSource":"x","eventName":"DisableKey"},{"eventSource":"x","eventName":"y"}]}"#
+            ),
+            "records: none of its 2 records matches"
+        );
+        assert_eq!(explain(&format!(r#"{{{raw}:"DisableKey"}}"#)), "matches as raw");
+        assert_eq!(explain(r#"{"a":1,"b":2,"a":3}"#), r#"invalid: repeated key "a""#);
+        assert_eq!(explain("[1]"), "invalid: not an object but an array");
+        assert!(
+            explain(r#"{"a":}"#).starts_with("invalid: not valid JSON"),
+            "{}",
+            explain(r#"{"a":}"#)
+        );
+        let bad = Matcher::new().explain(b"{\"a\":\"\xff\"}").to_string();
+        assert_eq!(bad, "invalid: invalid UTF-8 at byte 6");
     }
 
     #[test]

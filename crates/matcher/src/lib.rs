@@ -36,12 +36,14 @@
 #![deny(missing_docs)]
 
 mod eval;
+mod explain;
 mod normalize;
 mod prefilter;
 mod rule;
 mod shape;
 
 pub use crate::eval::{Verdict, MAX_DEPTH};
+pub use crate::explain::{Explanation, Miss};
 pub use crate::prefilter::{CandidateLines, Prefilter};
 pub use crate::rule::{
     Clause, RawField, RawValue, Ref, Rule, Threat, CLOUDTRAIL_DATASET, DATA_STREAM_DATASET,
@@ -145,6 +147,20 @@ impl Matcher {
     /// `\r` and surrounding JSON whitespace are allowed.
     pub fn evaluate(&mut self, line: &[u8]) -> Verdict {
         self.evaluator.evaluate(line)
+    }
+
+    /// Decides one line and says why it does not match, for a human (`--explain`, warnings).
+    /// As fast as [`Matcher::evaluate`] for valid documents; an invalid one is parsed again to
+    /// say what is wrong with it.
+    pub fn explain(&mut self, line: &[u8]) -> Explanation {
+        self.evaluator.explain(line)
+    }
+
+    /// Why the last line [`Matcher::evaluate`] found valid did not match. Stale after a match
+    /// or an invalid line; recorded at no cost, so a caller can count near misses (a document
+    /// without a dataset, say) without explaining every line.
+    pub fn last_miss(&self) -> Miss {
+        self.evaluator.last_miss()
     }
 
     /// Whether `line` matches: the prefilter first, the exact decision only for candidates.

@@ -102,15 +102,17 @@ impl Enricher {
         }
 
         // Write the document, rewriting the tags value in place when it exists.
-        let close = obj.end - 1;
+        // New members go right after the last one, before any whitespace that precedes the
+        // closing brace (a pretty-printed document keeps its layout).
+        let at = members.last().map_or(obj.end - 1, |m| m.value.end);
         match tags {
             Some(span) => {
                 out.extend_from_slice(&line[..span.start]);
                 self.write_tags(&line[span.clone()], out);
-                out.extend_from_slice(&line[span.end..close]);
+                out.extend_from_slice(&line[span.end..at]);
             }
             None => {
-                out.extend_from_slice(&line[..close]);
+                out.extend_from_slice(&line[..at]);
                 added.insert(0, format!("\"tags\":[{}]", self.tag_json));
             }
         }
@@ -120,7 +122,7 @@ impl Enricher {
             }
             out.extend_from_slice(member.as_bytes());
         }
-        out.extend_from_slice(&line[close..]);
+        out.extend_from_slice(&line[at..]);
         result
     }
 

@@ -25,6 +25,7 @@
 #![deny(missing_docs)]
 
 mod budget;
+mod docs;
 mod enrich;
 mod scan;
 mod stats;
@@ -39,7 +40,7 @@ use memchr::memmem::Finder;
 
 pub use crate::budget::AlertBudget;
 pub use crate::enrich::Enriched;
-pub use crate::stats::Stats;
+pub use crate::stats::{Position, Stats};
 
 use crate::budget::{Spend, Spender};
 use crate::enrich::Enricher;
@@ -95,6 +96,9 @@ pub struct Options {
     pub tag: Option<String>,
     /// Count lines for [`Stats::lines`]: one more pass over the input (`--stats` asks for it).
     pub count_lines: bool,
+    /// Write one line to stderr for each parsed line that does not match, saying why
+    /// (`--explain`). Lines are counted so that each can be named.
+    pub explain: bool,
     /// At most this many enriched alerts per window (off when `None`). Matches over the budget
     /// are counted in [`Stats::over_budget`], announced by one line on stderr per window, and
     /// otherwise treated as non-matching lines: unchanged in tag mode, dropped in filter mode.
@@ -115,6 +119,7 @@ impl Default for Options {
             read_size: 1 << 20,
             tag: None,
             count_lines: true,
+            explain: false,
             alert_budget: None,
         }
     }
@@ -199,6 +204,19 @@ pub struct Transform {
     /// Reused output buffer for enriched lines.
     scratch: Vec<u8>,
     budget: Option<Spender>,
+    /// The input being read: its index and name, and the counts when it began.
+    input: InputStart,
+}
+
+/// Where the current input began in a transform's counts.
+#[derive(Clone, Debug, Default)]
+struct InputStart {
+    index: usize,
+    name: String,
+    bytes: u64,
+    lines: u64,
+    /// Its first line has not been seen yet.
+    first_line: bool,
 }
 
 impl fmt::Debug for Transform {
@@ -222,12 +240,58 @@ impl Transform {
             stats: Stats::default(),
             scratch: Vec::new(),
             budget,
+            input: InputStart { first_line: true, ..InputStart::default() },
         }
     }
 
     /// The counts so far.
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// Names the input read next (its index among the run's inputs, and its name for messages),
+    /// so that positions in [`Stats`] and `--explain` lines point into it.
+    pub fn begin_input(&mut self, index: usize, name: &str) {
+        self.input = InputStart {
+            index,
+            name: name.to_string(),
+            bytes: self.stats.bytes,
+            lines: self.stats.lines,
+            first_line: true,
+        };
+    }
+
+    /// The position of the line at `data[start]`, `data` having begun `lines_before` lines into
+    /// the run's counts.
+    fn position(&self, data: &[u8], start: usize, lines_before: u64) -> Position {
+        Position {
+            input: self.input.index,
+            name: self.input.name.clone(),
+            byte: self.stats.bytes - data.len() as u64 + start as u64 - self.input.bytes,
+            line: self
+                .counts_lines()
+                .then(|| line_number(lines_before, data, start) - self.input.lines),
+        }
+    }
+
+    /// Notes an input whose first line is only the start of a document that spans lines.
+    fn check_first_line(&mut self, data: &[u8], lines_before: u64) {
+        if !self.input.first_line {
+            return;
+        }
+        let Some(end) = data.iter().position(|&b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+        else {
+            return;
+        };
+        self.input.first_line = false;
+        let line_start = memchr::memrchr(b'\n', &data[..end]).map_or(0, |i| i + 1);
+        let line_end = memchr::memchr(b'\n', &data[end..]).map_or(data.len(), |i| end + i);
+        if starts_spanning_document(&data[line_start..line_end]) {
+            self.stats.spanning += 1;
+            if self.stats.first_spanning.is_none() {
+                self.stats.first_spanning = Some(self.position(data, line_start, lines_before));
+            }
+        }
     }
 
     /// Reads `input` to its end, writing to `out`. `out` is flushed whenever a
@@ -304,6 +368,143 @@ impl Transform {
         Ok(())
     }
 
+    /// Reads `input` to its end as concatenated JSON (`--json-stream`): documents separated by
+    /// any whitespace, each spanning as many lines as it likes. Tag mode writes every byte again,
+    /// matching documents enriched in place; filter mode writes each match on one line. Each
+    /// document counts as a line in [`Stats::lines`]; a document longer than
+    /// [`Options::max_line_bytes`] is handled as an oversized line.
+    ///
+    /// # Errors
+    ///
+    /// As [`Transform::run`].
+    pub fn run_documents(
+        &mut self,
+        input: &mut dyn Read,
+        out: &mut dyn Write,
+    ) -> Result<(), Error> {
+        let max_doc = self.options.max_line_bytes;
+        let mut buf = vec![0u8; self.options.read_size.max(1).min(max_doc.saturating_add(1))];
+        let (mut filled, mut pos) = (0, 0);
+        // The document being read: where it starts in `buf`, and its scanner's progress.
+        let mut doc: Option<(usize, docs::Scanner)> = None;
+        let mut scanned = 0;
+        // Inside an oversized document: its bytes stream through (or away) to its end.
+        let mut oversized: Option<docs::Scanner> = None;
+        loop {
+            // Make room: drop what is done, then grow for a document that fills the buffer.
+            let keep = doc.as_ref().map_or(pos, |(start, _)| *start);
+            if keep > 0 {
+                buf.copy_within(keep..filled, 0);
+                filled -= keep;
+                pos -= keep;
+                scanned -= scanned.min(keep);
+                if let Some((start, _)) = doc.as_mut() {
+                    *start = 0;
+                }
+            }
+            if filled == buf.len() {
+                if filled > max_doc {
+                    let (_, scanner) = doc.take().expect("only a document fills the buffer");
+                    self.oversized(&buf[..filled], out)?;
+                    oversized = Some(scanner);
+                    filled = 0;
+                    pos = 0;
+                    scanned = 0;
+                } else {
+                    let grown = (buf.len() * 2).min(max_doc.saturating_add(1));
+                    buf.resize(grown.max(buf.len() + 1), 0);
+                }
+            }
+            let want = buf.len() - filled;
+            let n = match input.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let _ = out.flush();
+                    return Err(Error { kind: ErrorKind::Read(e) });
+                }
+            };
+            filled += n;
+            if let Some(scanner) = oversized.as_mut() {
+                let end = scanner.feed(&buf[pos..filled]).map(|k| pos + k);
+                self.pass_oversized(&buf[pos..end.unwrap_or(filled)], out)?;
+                pos = end.unwrap_or(filled);
+                if end.is_some() {
+                    oversized = None;
+                }
+            }
+            while oversized.is_none() && pos < filled {
+                let Some((start, scanner)) = doc.as_mut() else {
+                    let ws = buf[pos..filled].iter().take_while(|&&b| docs::is_ws(b)).count();
+                    self.pass_between(&buf[pos..pos + ws], out)?;
+                    pos += ws;
+                    if pos < filled {
+                        doc = Some((pos, docs::Scanner::new()));
+                        scanned = pos;
+                    }
+                    continue;
+                };
+                match scanner.feed(&buf[scanned..filled]) {
+                    Some(k) => {
+                        let (start, end) = (*start, scanned + k);
+                        doc = None;
+                        self.document(&buf[start..end], out)?;
+                        pos = end;
+                    }
+                    None => {
+                        scanned = filled;
+                        break;
+                    }
+                }
+            }
+            if n < want {
+                out.flush()?;
+            }
+        }
+        if let Some((start, _)) = doc {
+            // The input ended inside a document: it is judged as it is (invalid, as a rule).
+            self.document(&buf[start..filled], out)?;
+        }
+        out.flush()?;
+        Ok(())
+    }
+
+    /// Whitespace between documents: through in tag mode.
+    fn pass_between(&mut self, bytes: &[u8], out: &mut dyn Write) -> Result<(), Error> {
+        self.stats.bytes += bytes.len() as u64;
+        if self.options.mode == Mode::Tag {
+            out.write_all(bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Decides one document of concatenated JSON and writes what the mode asks for: in tag mode
+    /// its own bytes (enriched in place when it matches), otherwise one line.
+    fn document(&mut self, doc: &[u8], out: &mut dyn Write) -> Result<(), Error> {
+        let lines_before = self.stats.lines;
+        self.stats.bytes += doc.len() as u64;
+        self.stats.lines += 1;
+        let keep_bytes = self.options.mode == Mode::Tag && !self.options.split_records;
+        if keep_bytes {
+            if self.worth_parsing(doc) {
+                return self.decide(doc, 0..doc.len(), lines_before, out);
+            }
+            out.write_all(doc)?;
+            return Ok(());
+        }
+        let mut line = Vec::with_capacity(doc.len());
+        docs::compact(doc, &mut line);
+        if self.worth_parsing(&line) {
+            line.push(b'\n');
+            self.decide(&line, 0..line.len() - 1, lines_before, out)?;
+        } else if self.options.mode == Mode::Tag {
+            line.push(b'\n');
+            out.write_all(&line)?;
+        }
+        Ok(())
+    }
+
     /// Processes an input held whole in memory (a memory-mapped file), in windows of whole
     /// lines, with the same output as [`Transform::run`] on the same bytes. After each window,
     /// `release(end)` says that `data[..end]` will not be read again, so a caller can drop those
@@ -352,7 +553,9 @@ impl Transform {
 
     /// Whether [`Stats::lines`] is kept: asked for, or needed to name a failing line.
     fn counts_lines(&self) -> bool {
-        self.options.count_lines || self.options.on_invalid == OnInvalid::Fail
+        self.options.count_lines
+            || self.options.explain
+            || self.options.on_invalid == OnInvalid::Fail
     }
 
     /// Whether filter mode must parse every line to apply its invalid-line policy.
@@ -397,6 +600,7 @@ impl Transform {
                 self.stats.lines += 1;
             }
         }
+        self.check_first_line(data, lines_before);
         let every_line = self.options.split_records || self.validates_every_line();
         let mut pos = 0;
         if every_line {
@@ -465,6 +669,9 @@ impl Transform {
         self.stats.candidates += 1;
         let verdict = self.matcher.evaluate(line);
         self.stats.count(verdict);
+        if !verdict.is_match() {
+            self.note_miss(verdict, data, range.start, lines_before);
+        }
         if self.options.split_records && self.split(verdict, line, out)? {
             return Ok(());
         }
@@ -494,6 +701,24 @@ impl Transform {
             }
         }
         Ok(())
+    }
+
+    /// Counts what a parsed line that did not match says about the run (an invalid line, a
+    /// document without a dataset), and explains it under `--explain`.
+    fn note_miss(&mut self, verdict: Verdict, data: &[u8], start: usize, lines_before: u64) {
+        if verdict == Verdict::Invalid && self.stats.first_invalid.is_none() {
+            self.stats.first_invalid = Some(self.position(data, start, lines_before));
+        }
+        let dataset_absent = verdict == Verdict::NoMatch(Some(Shape::Ecs))
+            && matches!(self.matcher.last_miss(), kmsguard_matcher::Miss::DatasetAbsent(_));
+        self.stats.dataset_absent += u64::from(dataset_absent);
+        if self.options.explain {
+            let at = self.position(data, start, lines_before);
+            let line = &data
+                [start..memchr::memchr(b'\n', &data[start..]).map_or(data.len(), |i| start + i)];
+            let why = self.matcher.explain(line);
+            eprintln!("kmsguard: {}:{}: {why}", at.name, at.line.unwrap_or(0));
+        }
     }
 
     /// Writes a matching line enriched: with its own terminator in tag mode, with `\n` (and
@@ -582,6 +807,31 @@ impl Transform {
         }
         Ok(())
     }
+}
+
+/// Whether `line`, the first of an input, opens a document that goes on over the next lines, as
+/// pretty-printed JSON does: `{` or `[` alone, or a line that ends inside an open object or array
+/// (`{"Records": [`). Such input wants `--json-stream`.
+pub fn starts_spanning_document(line: &[u8]) -> bool {
+    let line = line.strip_prefix(BOM).unwrap_or(line);
+    let trimmed = line.trim_ascii();
+    if !matches!(trimmed.first(), Some(b'{' | b'[')) {
+        return false;
+    }
+    let (mut depth, mut in_string, mut escaped) = (0i64, false, false);
+    for &b in trimmed {
+        match (in_string, escaped, b) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (true, false, b'"') => in_string = false,
+            (true, false, _) => {}
+            (false, _, b'"') => in_string = true,
+            (false, _, b'{' | b'[') => depth += 1,
+            (false, _, b'}' | b']') => depth -= 1,
+            _ => {}
+        }
+    }
+    depth > 0 && !in_string
 }
 
 /// Small enough that the prefilter's passes over a window hit the cache.

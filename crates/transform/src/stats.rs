@@ -33,6 +33,30 @@ pub struct Stats {
     pub over_budget: u64,
     /// Per shape, in [`Shape::ALL`] order: (parsed lines of that shape, of which matched).
     pub shapes: [(u64, u64); Shape::ALL.len()],
+    /// ECS documents that satisfy every clause but the dataset's, which has no value: matches
+    /// that `--assume-dataset` would make.
+    pub dataset_absent: u64,
+    /// Where the first invalid parsed line was.
+    pub first_invalid: Option<Position>,
+    /// Inputs whose first line is not a whole document but the start of one spanning lines
+    /// (pretty-printed JSON), and the first of them.
+    pub spanning: u64,
+    /// The first input whose documents span lines.
+    pub first_spanning: Option<Position>,
+}
+
+/// A place in a run's input: which input (its index among the run's inputs and its name) and
+/// where in it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Position {
+    /// The input's index among the run's inputs.
+    pub input: usize,
+    /// The input's name.
+    pub name: String,
+    /// Offset of the line's first byte in the input (after decompression).
+    pub byte: u64,
+    /// 1-based line number, when lines were counted.
+    pub line: Option<u64>,
 }
 
 impl Stats {
@@ -63,6 +87,10 @@ impl Stats {
             skipped,
             over_budget,
             shapes,
+            dataset_absent,
+            first_invalid,
+            spanning,
+            first_spanning,
         } = other;
         self.lines += lines;
         self.bytes += bytes;
@@ -74,10 +102,54 @@ impl Stats {
         self.displaced += displaced;
         self.skipped += skipped;
         self.over_budget += over_budget;
+        self.dataset_absent += dataset_absent;
+        self.spanning += spanning;
+        for (mine, theirs) in
+            [(&mut self.first_invalid, first_invalid), (&mut self.first_spanning, first_spanning)]
+        {
+            if let Some(theirs) = theirs {
+                if mine.as_ref().is_none_or(|m| theirs < m) {
+                    *mine = Some(theirs.clone());
+                }
+            }
+        }
         for (mine, theirs) in self.shapes.iter_mut().zip(shapes) {
             mine.0 += theirs.0;
             mine.1 += theirs.1;
         }
+    }
+
+    /// The counts as one JSON object (`--stats-format json`), with throughput over `elapsed`.
+    pub fn to_json(&self, elapsed: Duration) -> serde_json::Value {
+        let secs = elapsed.as_secs_f64().max(1e-9);
+        let shapes: serde_json::Map<String, serde_json::Value> = Shape::ALL
+            .iter()
+            .map(|&shape| {
+                let (parsed, matched) = self.shapes[shape as usize];
+                (shape.name().into(), serde_json::json!({"parsed": parsed, "matched": matched}))
+            })
+            .collect();
+        let position = |p: &Option<Position>| {
+            p.as_ref().map(|p| serde_json::json!({"input": p.name, "byte": p.byte, "line": p.line}))
+        };
+        serde_json::json!({
+            "lines": self.lines,
+            "bytes": self.bytes,
+            "candidates": self.candidates,
+            "matches": self.matches,
+            "invalid": self.invalid,
+            "oversized": self.oversized,
+            "records_split": self.records,
+            "displaced": self.displaced,
+            "skipped": self.skipped,
+            "over_budget": self.over_budget,
+            "dataset_absent": self.dataset_absent,
+            "spanning_inputs": self.spanning,
+            "first_invalid": position(&self.first_invalid),
+            "shapes": shapes,
+            "seconds": secs,
+            "bytes_per_second": self.bytes as f64 / secs,
+        })
     }
 
     /// A short human report for stderr, with throughput over `elapsed`.
