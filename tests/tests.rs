@@ -17,3 +17,6 @@ mod fuzz_seeds;
 mod live;
 // Hostile input, end to end: each case's output and exit status, memory where it matters.
 mod hostile;
+// The inputs users hold: gzip and zstd, trees, pretty JSON, LookupEvents, Vector aws_s3 events,
+// ECS without a dataset; warnings and hunting options.
+mod inputs;

@@ -8,6 +8,7 @@ mod signal;
 use std::fs::File;
 use std::io::{self, BufWriter, IsTerminal, Write};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::time::Instant;
 
 use std::os::fd::AsFd;
@@ -332,19 +333,23 @@ struct Outcome {
 }
 
 impl Outcome {
-    fn absorb(&mut self, name: &str, result: Result<(), InputError>) {
+    /// Takes in one input's result; returns the line to report on stderr, if any. An unreadable
+    /// input is reported, and the others still run, as cat and rg do.
+    fn absorb(&mut self, name: &str, result: Result<(), InputError>) -> Option<String> {
         match result {
-            Ok(()) => {}
-            // An unreadable input is reported, and the others still run, as cat and rg do.
+            Ok(()) => None,
             Err(InputError::Read(e)) => {
-                eprintln!("kmsguard: {name}: {e}");
                 self.errors += 1;
+                Some(format!("kmsguard: {name}: {e}"))
             }
             Err(InputError::Invalid(e)) => {
-                eprintln!("kmsguard: {name}: {e}");
                 self.invalid = true;
+                Some(format!("kmsguard: {name}: {e}"))
             }
-            Err(InputError::Write(e)) => self.write_error = Some(e),
+            Err(InputError::Write(e)) => {
+                self.write_error = Some(e);
+                None
+            }
         }
     }
 
@@ -390,7 +395,9 @@ fn run_sequential(
         out.end_input();
         let name = input.name();
         let count = matches(&transforms) - before;
-        outcome.absorb(&name, result);
+        if let Some(note) = outcome.absorb(&name, result) {
+            eprintln!("{note}");
+        }
         if let Some(line) = count_line(args, inputs.len(), &name, count) {
             if let Err(e) = out.write_all(line.as_bytes()) {
                 outcome.write_error = Some(e.into());
@@ -414,67 +421,10 @@ fn run_parallel(
     out: Separated<Box<dyn Write + Send>>,
 ) -> (Outcome, Separated<Box<dyn Write + Send>>) {
     let ordered = Ordered::new(out);
-    let next = std::sync::atomic::AtomicUsize::new(0);
+    let next = AtomicUsize::new(0);
     let outcomes: Vec<Outcome> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..jobs)
-            .map(|_| {
-                let (ordered, next) = (&ordered, &next);
-                scope.spawn(move || {
-                    let mut transform = build(args);
-                    let mut outcome = Outcome::default();
-                    loop {
-                        let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        if index >= inputs.len() || !ordered.wait_window(index, 2 * jobs) {
-                            break;
-                        }
-                        let mut slot = ordered.slot(index);
-                        let input = &inputs[index];
-                        let before = transform.stats().matches;
-                        let transforms = std::slice::from_mut(&mut transform);
-                        let result = if args.count || args.quiet {
-                            decide_input(
-                                index,
-                                input,
-                                transforms,
-                                &mut io::sink(),
-                                args,
-                                &mut outcome.findings,
-                            )
-                        } else {
-                            decide_input(
-                                index,
-                                input,
-                                transforms,
-                                &mut slot,
-                                args,
-                                &mut outcome.findings,
-                            )
-                        };
-                        let name = input.name();
-                        let count = transform.stats().matches - before;
-                        outcome.absorb(&name, result);
-                        let written = match count_line(args, inputs.len(), &name, count) {
-                            Some(line) => {
-                                slot.write_all(line.as_bytes()).and_then(|()| slot.finish())
-                            }
-                            None => slot.finish(),
-                        };
-                        if let Err(e) = written {
-                            if outcome.write_error.is_none()
-                                && e.kind() != io::ErrorKind::Interrupted
-                            {
-                                outcome.write_error = Some(e.into());
-                            }
-                        }
-                        if outcome.stopped() {
-                            ordered.stop();
-                            break;
-                        }
-                    }
-                    outcome.stats.add(transform.stats());
-                    outcome
-                })
-            })
+            .map(|_| scope.spawn(|| work(args, inputs, 2 * jobs, &ordered, &next)))
             .collect();
         workers.into_iter().map(|w| w.join().expect("a worker panicked")).collect()
     });
@@ -488,6 +438,48 @@ fn run_parallel(
     }
     total.findings.undecoded.sort();
     (total, ordered.into_inner())
+}
+
+/// One worker of [`run_parallel`]: takes the next input until none is left, at most `window`
+/// inputs ahead of the one being written.
+fn work(
+    args: &Args,
+    inputs: &[Input],
+    window: usize,
+    ordered: &Ordered<Separated<Box<dyn Write + Send>>>,
+    next: &AtomicUsize,
+) -> Outcome {
+    let mut transform = build(args);
+    let mut outcome = Outcome::default();
+    loop {
+        let index = next.fetch_add(1, AtomicOrdering::Relaxed);
+        if index >= inputs.len() || !ordered.wait_window(index, window) {
+            break;
+        }
+        let mut slot = ordered.slot(index);
+        let input = &inputs[index];
+        let before = transform.stats().matches;
+        let transforms = std::slice::from_mut(&mut transform);
+        let events: &mut dyn Write =
+            if args.count || args.quiet { &mut io::sink() } else { &mut slot };
+        let result = decide_input(index, input, transforms, events, args, &mut outcome.findings);
+        let name = input.name();
+        let note = outcome.absorb(&name, result);
+        let count = count_line(args, inputs.len(), &name, transform.stats().matches - before);
+        let written = count.map_or(Ok(()), |line| slot.write_all(line.as_bytes()));
+        if let Err(e) = written.and_then(|()| slot.finish(note.as_deref())) {
+            // `Interrupted` is another worker's stop, already recorded there.
+            if outcome.write_error.is_none() && e.kind() != io::ErrorKind::Interrupted {
+                outcome.write_error = Some(e.into());
+            }
+        }
+        if outcome.stopped() {
+            ordered.stop();
+            break;
+        }
+    }
+    outcome.stats.add(transform.stats());
+    outcome
 }
 
 fn run(args: &Args) -> anyhow::Result<ExitCode> {

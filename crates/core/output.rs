@@ -138,9 +138,13 @@ impl<W: InputSink> Slot<'_, W> {
     }
 
     /// Writes what is held once it is this input's turn, ends the input and passes the turn on.
-    pub fn finish(mut self) -> io::Result<()> {
+    /// `note`, if any, goes to stderr in the same turn, so messages come in input order too.
+    pub fn finish(mut self, note: Option<&str>) -> io::Result<()> {
         if !self.shared.wait_turn(self.index) {
             return Err(Slot::<W>::stopped());
+        }
+        if let Some(note) = note {
+            eprintln!("{note}");
         }
         let result = {
             let mut out = self.shared.out.lock().unwrap_or_else(|e| e.into_inner());
@@ -209,7 +213,7 @@ mod tests {
                     let line = format!("{i}{}\n", "x".repeat(if i % 3 == 0 { HOLD } else { 10 }));
                     slot.write_all(line.as_bytes()).unwrap();
                     slot.write_all(format!("{i}").as_bytes()).unwrap();
-                    slot.finish().unwrap();
+                    slot.finish(None).unwrap();
                 });
             }
         });

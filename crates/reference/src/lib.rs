@@ -97,6 +97,14 @@ pub fn parse(bytes: &[u8]) -> Option<Json> {
     parse_units(&text.encode_utf16().collect::<Vec<u16>>())
 }
 
+/// Whether `bytes` is exactly one JSON value (any type, repeated keys allowed; a leading byte
+/// order mark and surrounding whitespace allowed, as [`parse`] allows them).
+pub fn is_one_value(bytes: &[u8]) -> bool {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    std::str::from_utf8(bytes)
+        .is_ok_and(|t| parse_units_with(&t.encode_utf16().collect::<Vec<u16>>(), false).is_some())
+}
+
 /// Parses JSON text given as UTF-16 code units (a string that holds a document), with the rules
 /// of [`parse`].
 pub fn parse_units(units: &[u16]) -> Option<Json> {

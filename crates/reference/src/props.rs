@@ -104,6 +104,13 @@ pub fn streaming_is_chunking_independent(data: &[u8]) {
             let mut reader = Chunked { data: &input, sizes: sizes.clone(), turn: 0 };
             transform(mode, max_line).run(&mut reader, &mut chunked).unwrap();
             assert_eq!(chunked, once, "mode {mode:?}, max line {max_line}, sizes {sizes:?}");
+            // Concatenated JSON: the same, document by document.
+            let mut once = Vec::new();
+            transform(mode, max_line).run_documents(&mut &input[..], &mut once).unwrap();
+            let mut chunked = Vec::new();
+            let mut reader = Chunked { data: &input, sizes: sizes.clone(), turn: 0 };
+            transform(mode, max_line).run_documents(&mut reader, &mut chunked).unwrap();
+            assert_eq!(chunked, once, "json-stream, mode {mode:?}, max line {max_line}");
         }
     }
 }
@@ -144,6 +151,17 @@ pub fn tag_mode_is_lossless(data: &[u8]) {
         }
         assert!(matches!(after.get("tags"), Some(Json::Array(_))), "tags is an array");
         assert!(after.get("rule").is_some() || after.get("kmsguard").is_some());
+    }
+    // Concatenated JSON in tag mode: when every line holds exactly one JSON value, documents and
+    // lines are the same units, and the output is line mode's, byte for byte.
+    let mut docs = Vec::new();
+    transform(Mode::Tag, usize::MAX / 2).run_documents(&mut &input[..], &mut docs).unwrap();
+    if ins.iter().all(|l| l.trim_ascii().is_empty() || crate::is_one_value(l)) {
+        assert_eq!(
+            String::from_utf8_lossy(&docs),
+            String::from_utf8_lossy(&out),
+            "json-stream and lines differ"
+        );
     }
 }
 

@@ -267,7 +267,11 @@ impl Transform {
         Position {
             input: self.input.index,
             name: self.input.name.clone(),
-            byte: self.stats.bytes - data.len() as u64 + start as u64 - self.input.bytes,
+            // `data` was counted in `bytes` already; a compacted document (--json-stream) may
+            // be a byte longer than what was read, hence the saturation.
+            byte: (self.stats.bytes + start as u64)
+                .saturating_sub(data.len() as u64)
+                .saturating_sub(self.input.bytes),
             line: self
                 .counts_lines()
                 .then(|| line_number(lines_before, data, start) - self.input.lines),
