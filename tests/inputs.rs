@@ -280,7 +280,7 @@ fn warnings_appear_when_they_should() {
     let clean =
         format!("{MATCH}\n{{\"eventSource\":\"s3.amazonaws.com\",\"eventName\":\"GetObject\"}}\n");
     let cases: Vec<(&str, Vec<String>, Vec<u8>, &str)> = vec![
-        ("invalid", vec![], format!("{MATCH}\n{{\"eventName\":\"DisableKey\",\n").into_bytes(), "1 candidate line is not a valid JSON document"),
+        ("invalid", vec![], format!("{MATCH}\n{{\"eventName\":\"DisableKey\",\n").into_bytes(), "1 parsed line is not a valid JSON document"),
         ("dataset", vec![], br#"{"event.provider":"kms.amazonaws.com","event.action":"DisableKey","event.outcome":"success"}"#.to_vec(), "satisfies every clause but the dataset"),
         ("undecoded", vec![write(&dir, "x.json.bz2", b"BZh91AY&SY")], Vec::new(), "looks bzip2"),
         ("spanning", vec![], b"{\n\"eventName\": \"GetObject\"\n}\n".to_vec(), "--json-stream"),

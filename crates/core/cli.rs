@@ -121,6 +121,13 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', value_name = "KINDS")]
     pub no_warn: Vec<WarnKind>,
 
+    /// Tag mode: write each invalid line as one JSON object holding it
+    /// ({"kmsguard":{"invalid":WHY},"event":{"original":LINE}}, or the line in base64 when it
+    /// is not UTF-8 or too long), so the output stays valid NDJSON for consumers that drop data
+    /// after an invalid line (Fluent Bit's stdin input). Every line is then parsed (slower).
+    #[arg(long)]
+    pub wrap_invalid: bool,
+
     /// Read concatenated JSON instead of lines: documents separated by any whitespace, as jq
     /// reads them, so pretty-printed files and `aws cloudtrail lookup-events` output work as
     /// they come. Tag mode writes every byte again (matches enriched in place); filter mode

@@ -81,6 +81,7 @@ fn build(args: &Args) -> Transform {
         tag: args.tag.clone(),
         count_lines: args.stats || args.stats_format.is_some(),
         explain: args.explain,
+        wrap_invalid: args.wrap_invalid,
         alert_budget: args.max_alerts.map(|max| AlertBudget {
             max,
             window: std::time::Duration::from_secs(args.alert_window),
@@ -589,7 +590,7 @@ fn warn(args: &Args, outcome: &Outcome, inputs: &[Input]) {
             n => (n, "lines are not valid JSON documents"),
         };
         eprintln!(
-            "kmsguard: warning: {n} candidate {what} and cannot match{first}; \
+            "kmsguard: warning: {n} parsed {what} and cannot match{first}; \
              --explain says why (--no-warn invalid)"
         );
     }

@@ -90,6 +90,22 @@ fn transform(mode: Mode, max_line_bytes: usize) -> Transform {
     Transform::new(Matcher::new(), options)
 }
 
+/// Base64 (standard alphabet, padded) decoded, written out plainly.
+fn unbase64(text: &str) -> Vec<u8> {
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let sextets: Vec<u32> = text
+        .bytes()
+        .filter(|&b| b != b'=')
+        .map(|b| alphabet.iter().position(|&a| a == b).expect("base64") as u32)
+        .collect();
+    let mut out = Vec::new();
+    for group in sextets.chunks(4) {
+        let n = group.iter().enumerate().fold(0, |n, (i, s)| n | s << (18 - 6 * i));
+        out.extend_from_slice(&n.to_be_bytes()[1..group.len()]);
+    }
+    out
+}
+
 /// The same input cut into arbitrary reads gives the same output as one slice, in both modes,
 /// and with a small line limit too.
 pub fn streaming_is_chunking_independent(data: &[u8]) {
@@ -152,6 +168,33 @@ pub fn tag_mode_is_lossless(data: &[u8]) {
         assert!(matches!(after.get("tags"), Some(Json::Array(_))), "tags is an array");
         assert!(after.get("rule").is_some() || after.get("kmsguard").is_some());
     }
+    // --wrap-invalid: every line that is not a valid document comes out as one that holds it.
+    let mut wrapped = Vec::new();
+    let options = Options { mode: Mode::Tag, wrap_invalid: true, ..Options::default() };
+    Transform::new(Matcher::new(), options).run(&mut &input[..], &mut wrapped).unwrap();
+    let wraps: Vec<&[u8]> = wrapped.split(|&b| b == b'\n').collect();
+    assert_eq!(wraps.len(), ins.len());
+    for ((i, o), plain) in ins.iter().zip(&wraps).zip(&outs) {
+        let blank = i.strip_prefix(BOM).unwrap_or(i).iter().all(|b| b" \t\r".contains(b));
+        if blank || parse(i).is_some_and(|d| matches!(d, Json::Object(_))) {
+            assert_eq!(o, plain, "valid lines are written as without --wrap-invalid");
+            continue;
+        }
+        let Some(Json::Object(_)) = parse(o) else {
+            panic!("not wrapped: {}", String::from_utf8_lossy(o));
+        };
+        let kept = parse(o).unwrap();
+        let inner = kept.get("kmsguard").expect("marked");
+        let original =
+            match (kept.get("event").and_then(|e| e.get("original")), inner.get("original_base64"))
+            {
+                (Some(Json::String(text)), _) => text.to_string_lossy().into_bytes(),
+                (_, Some(Json::String(b64))) => unbase64(&b64.to_string_lossy()),
+                _ => panic!("wrapper without the line: {}", String::from_utf8_lossy(o)),
+            };
+        assert_eq!(&original[..], *i, "the wrapped line comes back");
+    }
+
     // Concatenated JSON in tag mode: when every line holds exactly one JSON value, documents and
     // lines are the same units, and the output is line mode's, byte for byte.
     let mut docs = Vec::new();

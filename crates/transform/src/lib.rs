@@ -29,6 +29,7 @@ mod docs;
 mod enrich;
 mod scan;
 mod stats;
+mod wrap;
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -96,6 +97,10 @@ pub struct Options {
     pub tag: Option<String>,
     /// Count lines for [`Stats::lines`]: one more pass over the input (`--stats` asks for it).
     pub count_lines: bool,
+    /// Tag mode: write each invalid line as one JSON object holding it (see `wrap.rs`), so the
+    /// output stays valid NDJSON for consumers that lose data on an invalid line. Every line is
+    /// then parsed (slower).
+    pub wrap_invalid: bool,
     /// Write one line to stderr for each parsed line that does not match, saying why
     /// (`--explain`). Lines are counted so that each can be named.
     pub explain: bool,
@@ -120,6 +125,7 @@ impl Default for Options {
             tag: None,
             count_lines: true,
             explain: false,
+            wrap_invalid: false,
             alert_budget: None,
         }
     }
@@ -206,6 +212,8 @@ pub struct Transform {
     budget: Option<Spender>,
     /// The input being read: its index and name, and the counts when it began.
     input: InputStart,
+    /// An oversized line being wrapped as it streams through (`--wrap-invalid`).
+    wrapping: Option<wrap::Streaming>,
 }
 
 /// Where the current input began in a transform's counts.
@@ -241,6 +249,7 @@ impl Transform {
             scratch: Vec::new(),
             budget,
             input: InputStart { first_line: true, ..InputStart::default() },
+            wrapping: None,
         }
     }
 
@@ -368,6 +377,7 @@ impl Transform {
                 self.process(&buf[..filled], out)?;
             }
         }
+        self.end_wrapping(out)?;
         out.flush()?;
         Ok(())
     }
@@ -470,6 +480,7 @@ impl Transform {
             // The input ended inside a document: it is judged as it is (invalid, as a rule).
             self.document(&buf[start..filled], out)?;
         }
+        self.end_wrapping(out)?;
         out.flush()?;
         Ok(())
     }
@@ -562,9 +573,18 @@ impl Transform {
             || self.options.on_invalid == OnInvalid::Fail
     }
 
-    /// Whether filter mode must parse every line to apply its invalid-line policy.
+    /// Whether every line must be parsed to apply the invalid-line policy: filter mode's pass
+    /// and fail, tag mode's --wrap-invalid.
     fn validates_every_line(&self) -> bool {
-        self.options.mode == Mode::Filter && self.options.on_invalid != OnInvalid::Drop
+        match self.options.mode {
+            Mode::Filter => self.options.on_invalid != OnInvalid::Drop,
+            Mode::Tag => self.options.wrap_invalid,
+        }
+    }
+
+    /// Whether invalid lines are wrapped (tag mode with --wrap-invalid).
+    fn wraps(&self) -> bool {
+        self.options.mode == Mode::Tag && self.options.wrap_invalid
     }
 
     /// The start of a line longer than the limit: counted, then handled like an invalid line.
@@ -578,14 +598,36 @@ impl Transform {
                 kind: ErrorKind::Invalid { line: self.stats.lines, oversized: true },
             });
         }
+        if self.wraps() {
+            self.stats.wrapped += 1;
+            self.wrapping = Some(wrap::Streaming::begin(OVERSIZED, out)?);
+        }
         self.pass_oversized(head, out)
     }
 
-    /// Bytes of an oversized line: through in tag mode and with `--on-invalid pass`, else away.
+    /// Bytes of an oversized line: through in tag mode and with `--on-invalid pass`, else away;
+    /// wrapped under --wrap-invalid, the wrapper closed at the line's `\n`.
     fn pass_oversized(&mut self, bytes: &[u8], out: &mut dyn Write) -> Result<(), Error> {
         self.stats.bytes += bytes.len() as u64;
-        if self.options.mode == Mode::Tag || self.options.on_invalid == OnInvalid::Pass {
+        if let Some(wrapping) = self.wrapping.as_mut() {
+            match bytes.strip_suffix(b"\n") {
+                Some(last) => {
+                    wrapping.chunk(last, out)?;
+                    self.end_wrapping(out)?;
+                    out.write_all(b"\n")?;
+                }
+                None => wrapping.chunk(bytes, out)?,
+            }
+        } else if self.options.mode == Mode::Tag || self.options.on_invalid == OnInvalid::Pass {
             out.write_all(bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Closes the wrapper of an oversized line the input ended inside.
+    fn end_wrapping(&mut self, out: &mut dyn Write) -> Result<(), Error> {
+        if let Some(wrapping) = self.wrapping.take() {
+            wrapping.end(out)?;
         }
         Ok(())
     }
@@ -665,7 +707,13 @@ impl Transform {
                 let line = line_number(lines_before, data, range.start);
                 return Err(Error { kind: ErrorKind::Invalid { line, oversized: true } });
             }
-            if tag_mode || self.options.on_invalid == OnInvalid::Pass {
+            if self.wraps() {
+                self.stats.wrapped += 1;
+                let mut wrapping = wrap::Streaming::begin(OVERSIZED, out)?;
+                wrapping.chunk(line, out)?;
+                wrapping.end(out)?;
+                out.write_all(terminator)?;
+            } else if tag_mode || self.options.on_invalid == OnInvalid::Pass {
                 write_line(out, line, terminator)?;
             }
             return Ok(());
@@ -689,6 +737,15 @@ impl Transform {
             Verdict::Invalid => {
                 self.stats.invalid += 1;
                 match (tag_mode, self.options.on_invalid) {
+                    (true, _) if self.options.wrap_invalid => {
+                        self.stats.wrapped += 1;
+                        let why = match self.matcher.explain(line) {
+                            kmsguard_matcher::Explanation::Invalid(why) => why,
+                            other => other.to_string(),
+                        };
+                        wrap::write_wrapped(line, &why, out)?;
+                        out.write_all(terminator)?;
+                    }
                     (true, _) => {
                         write_line(out, line, terminator)?;
                     }
@@ -837,6 +894,9 @@ pub fn starts_spanning_document(line: &[u8]) -> bool {
     }
     depth > 0 && !in_string
 }
+
+/// Why a wrapped oversized line is invalid.
+const OVERSIZED: &str = "longer than --max-line-bytes";
 
 /// Small enough that the prefilter's passes over a window hit the cache.
 const WINDOW: usize = 1 << 20;

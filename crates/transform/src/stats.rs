@@ -31,6 +31,8 @@ pub struct Stats {
     pub skipped: u64,
     /// Matches over the alert budget, not enriched.
     pub over_budget: u64,
+    /// Invalid lines written wrapped in a JSON object (`--wrap-invalid`).
+    pub wrapped: u64,
     /// Per shape, in [`Shape::ALL`] order: (parsed lines of that shape, of which matched).
     pub shapes: [(u64, u64); Shape::ALL.len()],
     /// ECS documents that satisfy every clause but the dataset's, which has no value: matches
@@ -86,6 +88,7 @@ impl Stats {
             displaced,
             skipped,
             over_budget,
+            wrapped,
             shapes,
             dataset_absent,
             first_invalid,
@@ -102,6 +105,7 @@ impl Stats {
         self.displaced += displaced;
         self.skipped += skipped;
         self.over_budget += over_budget;
+        self.wrapped += wrapped;
         self.dataset_absent += dataset_absent;
         self.spanning += spanning;
         for (mine, theirs) in
@@ -143,6 +147,7 @@ impl Stats {
             "displaced": self.displaced,
             "skipped": self.skipped,
             "over_budget": self.over_budget,
+            "wrapped": self.wrapped,
             "dataset_absent": self.dataset_absent,
             "spanning_inputs": self.spanning,
             "first_invalid": position(&self.first_invalid),
@@ -168,6 +173,9 @@ impl Stats {
         }
         if self.over_budget > 0 {
             let _ = write!(s, ", {} over the alert budget", self.over_budget);
+        }
+        if self.wrapped > 0 {
+            let _ = write!(s, ", {} invalid lines wrapped", self.wrapped);
         }
         s.push_str("\nkmsguard: shapes (parsed/matched):");
         for shape in Shape::ALL {
