@@ -129,7 +129,7 @@ pub(crate) struct Evaluator {
     ctx: Ctx,
     outer: Parser,
     inner: Parser,
-    keys: Vec<(u64, u32)>,
+    keys: Vec<u32>,
 }
 
 /// The immutable part of an evaluator: the rule and what was derived from it.
@@ -238,7 +238,7 @@ struct Doc<'t, 'n, 'p> {
     /// Whether the tape's strings are in the rewrite's encoding (see [`normalize`]).
     encoded: bool,
     inner: &'p mut Parser,
-    keys: &'p mut Vec<(u64, u32)>,
+    keys: &'p mut Vec<u32>,
 }
 
 impl Doc<'_, '_, '_> {
@@ -261,7 +261,7 @@ fn valid_object(
     tape: &[Node],
     probes: &[Probe],
     hits: &mut [Hit; MAX_PROBES],
-    keys: &mut Vec<(u64, u32)>,
+    keys: &mut Vec<u32>,
 ) -> bool {
     matches!(tape.first(), Some(Node::Object { .. }))
         && walk(tape, 0, &[0; MAX_PROBES], true, probes, hits, keys).is_ok()
@@ -506,7 +506,7 @@ fn walk(
     at_root: bool,
     probes: &[Probe],
     hits: &mut [Hit; MAX_PROBES],
-    keys: &mut Vec<(u64, u32)>,
+    keys: &mut Vec<u32>,
 ) -> Result<usize, usize> {
     match tape[i] {
         Node::Object { len, count } => {
@@ -577,14 +577,14 @@ fn extend(field: &str, pos: u16, at_root: bool, key: &str) -> u16 {
 /// Fails with the tape index of a repeated key when the object at `i` repeats one (after
 /// unescaping, as the tape holds them).
 ///
-/// Up to 8 keys are compared pairwise. More are sorted by (hash, key) in a reused vector, so that
-/// equal keys, which hash alike, end up next to each other whatever else collides: the hash only
-/// orders the work, the string comparison decides.
+/// Up to 8 keys are compared pairwise. More are sorted in a reused vector of tape indexes, so
+/// that equal keys end up next to each other: exact for any input, and no hash an attacker could
+/// collide.
 fn check_unique_keys(
     tape: &[Node],
     i: usize,
     len: usize,
-    keys: &mut Vec<(u64, u32)>,
+    keys: &mut Vec<u32>,
 ) -> Result<(), usize> {
     if len < 2 {
         return Ok(());
@@ -605,19 +605,12 @@ fn check_unique_keys(
         return Ok(());
     }
     keys.clear();
-    keys.extend(member_keys(tape, i).map(|j| (hash(key_at(j as u32).as_bytes()), j as u32)));
-    keys.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| key_at(a.1).cmp(key_at(b.1))));
-    match keys.windows(2).find(|w| w[0].0 == w[1].0 && key_at(w[0].1) == key_at(w[1].1)) {
-        Some(w) => Err(w[1].1 as usize),
+    keys.extend(member_keys(tape, i).map(|j| j as u32));
+    keys.sort_unstable_by(|&a, &b| key_at(a).cmp(key_at(b)));
+    match keys.windows(2).find(|w| key_at(w[0]) == key_at(w[1])) {
+        Some(w) => Err(w[1] as usize),
         None => Ok(()),
     }
-}
-
-/// FNV-1a: keys are short, and a collision only costs string comparisons.
-fn hash(bytes: &[u8]) -> u64 {
-    bytes
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
 }
 
 /// The number of tape nodes the value at `i` occupies.
@@ -821,8 +814,45 @@ mod tests {
     }
 
     #[test]
-    fn the_colliding_keys_do_collide() {
-        assert_eq!(hash(b"2893ea9411391b85"), hash(b"017bf672ad970641"));
+    fn verdicts_say_what_they_hold() {
+        assert!(Match(Shape::Raw).is_match());
+        assert!(!NoMatch(Some(Shape::Raw)).is_match() && !Invalid.is_match());
+        assert_eq!(Match(Shape::Raw).shape(), Some(Shape::Raw));
+        assert_eq!(NoMatch(Some(Shape::Ecs)).shape(), Some(Shape::Ecs));
+        assert_eq!(NoMatch(None).shape(), None);
+        assert_eq!(Invalid.shape(), None);
+    }
+
+    #[test]
+    fn many_keys_repeat_only_when_equal() {
+        let keys: Vec<String> = (0..40).map(|n| format!(r#""k{n}":{n}"#)).collect();
+        let doc = format!(r#"{{{M},"event.action":"DisableKey",{}}}"#, keys.join(","));
+        assert_eq!(verdict(&doc), ECS);
+        let repeat = format!(r#"{{{M},"event.action":"DisableKey",{},"k7":0}}"#, keys.join(","));
+        assert_eq!(verdict(&repeat), Invalid);
+    }
+
+    #[test]
+    fn records_and_lookup_events_decide_alone() {
+        let mut m = Matcher::new();
+        let record = r#"{"eventSource":"kms.amazonaws.com","eventName":"DisableKey"}"#;
+        assert_eq!(m.evaluate_record(record.as_bytes()), Match(Shape::Raw));
+        assert_eq!(m.evaluate_record(br#"{"a":1}"#), NoMatch(None));
+        assert_eq!(m.evaluate_record(br#"{"a":1,"a":2}"#), Invalid);
+        let event = |r: &str| {
+            format!(r#"{{"EventId":"1","CloudTrailEvent":{}}}"#, serde_json::to_string(r).unwrap())
+        };
+        assert_eq!(m.evaluate_lookup_event(event(record).as_bytes()), Match(Shape::LookupEvents));
+        let failed =
+            r#"{"eventSource":"kms.amazonaws.com","eventName":"DisableKey","errorCode":"X"}"#;
+        assert_eq!(
+            m.evaluate_lookup_event(event(failed).as_bytes()),
+            NoMatch(Some(Shape::LookupEvents))
+        );
+        assert_eq!(m.evaluate_lookup_event(event("{}").as_bytes()), NoMatch(None));
+        assert_eq!(m.evaluate_lookup_event(br#"{"EventId":"1"}"#), NoMatch(None));
+        assert_eq!(m.evaluate_lookup_event(br#"{"a":1,"a":1}"#), Invalid);
+        assert_eq!(m.evaluate_lookup_event(b"[1]"), Invalid);
     }
 
     #[test]

@@ -297,6 +297,17 @@ mod tests {
     }
 
     #[test]
+    fn only_an_encoded_inner_text_pairs_across_levels() {
+        // Outside an encoded inner text, a raw marker and stand-in are genuine characters: the
+        // high escape before them stays a lone surrogate and the marker is doubled.
+        let doc = format!("{{\"\\ud800{M}\u{e400}\":1}}");
+        assert_eq!(norm(&doc), format!("{{\"{M}\u{e000}{M}{M}\u{e400}\":0}}"));
+        // A non-surrogate escape before an outer encoding pairs with nothing.
+        let inner = format!("{{\"\\u0041{M}\u{e400}\":1}}");
+        assert_eq!(norm_with(&inner, true), format!("{{\"\\u0041{M}\u{e400}\":0}}"));
+    }
+
+    #[test]
     fn numbers_become_zero_only_when_well_formed() {
         assert_eq!(norm(r#"{"a":1e400}"#), r#"{"a":0}"#);
         assert_eq!(norm(r#"{"a":-12.5E+3,"b":0}"#), r#"{"a":0,"b":0}"#);

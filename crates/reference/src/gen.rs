@@ -134,6 +134,9 @@ const FILLER_KEYS: &[Key] = &[
     Key::Spelled(r#""\uf8ff""#),
     Key::Spelled(r#""\uf8ff\ue000""#),
     Key::Spelled(r#""\uf8ff\uf8ff""#),
+    // A high surrogate escape before a raw marker and a low stand-in: genuine characters.
+    Key::Spelled("\"\\ud800\u{f8ff}\u{e400}\""),
+    Key::Spelled("\"\u{f8ff}\u{e000}\""),
     Key::Spelled(r#""\ud800\udc00""#),
     Key::Spelled(r#""𐀀""#),
     Key::Spelled(r#""\ufffd""#),

@@ -18,9 +18,11 @@ use serde_json::json;
 
 use crate::scan::{decode_key, elements, is_empty_container, members, object_span, Member};
 
-/// The enrichment's JSON, serialized once from the rule.
+/// Adds a rule's enrichment (`tags`, `rule.*`, `threat.*`) to matching documents, with the
+/// policy above; its JSON is serialized once, from the rule. Used by [`crate::Transform`], and
+/// by callers that decide documents one at a time (the Fluent Bit filter).
 #[derive(Clone, Debug)]
-pub(crate) struct Enricher {
+pub struct Enricher {
     tag: String,
     /// The tag as a JSON string literal.
     tag_json: String,
@@ -38,7 +40,8 @@ pub struct Enriched {
 }
 
 impl Enricher {
-    pub(crate) fn new(rule: &Rule, tag: &str) -> Enricher {
+    /// The enrichment for `rule`, appending `tag` to `tags`.
+    pub fn new(rule: &Rule, tag: &str) -> Enricher {
         let rule_json = json!({
             "id": rule.id,
             "name": rule.name,
@@ -67,7 +70,7 @@ impl Enricher {
 
     /// Appends to `out` the document `line` (valid JSON, an object) with the enrichment added.
     /// Bytes before and after the object (whitespace, a `\r`) are kept.
-    pub(crate) fn enrich(&self, line: &[u8], out: &mut Vec<u8>) -> Enriched {
+    pub fn enrich(&self, line: &[u8], out: &mut Vec<u8>) -> Enriched {
         let obj = object_span(line);
         let members = members(line, obj.start);
         let named: Vec<(Option<String>, &Member)> =

@@ -40,11 +40,10 @@ use kmsguard_matcher::{Matcher, Prefilter, Shape, Verdict};
 use memchr::memmem::Finder;
 
 pub use crate::budget::AlertBudget;
-pub use crate::enrich::Enriched;
+pub use crate::enrich::{Enriched, Enricher};
 pub use crate::stats::{Position, Stats};
 
 use crate::budget::{Spend, Spender};
-use crate::enrich::Enricher;
 
 /// What comes out.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
