@@ -17,6 +17,9 @@ mod fuzz_seeds;
 mod live;
 // Hostile input, end to end: each case's output and exit status, memory where it matters.
 mod hostile;
+// kmsguard inside a real Fluent Bit: the example configs, the exec input, two instances with
+// kmsguard between them, the WASM filter.
+mod fluentbit;
 // The inputs users hold: gzip and zstd, trees, pretty JSON, LookupEvents, Vector aws_s3 events,
 // ECS without a dataset; warnings and hunting options.
 mod inputs;
