@@ -302,6 +302,10 @@ mod tests {
         // high escape before them stays a lone surrogate and the marker is doubled.
         let doc = format!("{{\"\\ud800{M}\u{e400}\":1}}");
         assert_eq!(norm(&doc), format!("{{\"{M}\u{e000}{M}{M}\u{e400}\":0}}"));
+        // A genuine marker of the outer level (`M M`) is one unit: the stand-in after it is a
+        // genuine character, and does not pair with the inner low escape that follows.
+        let inner = format!("{{\"{M}{M}\u{e000}\\udc00\":1}}");
+        assert_eq!(norm_with(&inner, true), format!("{{\"{M}{M}\u{e000}{M}\u{e400}\":0}}"));
         // A non-surrogate escape before an outer encoding pairs with nothing.
         let inner = format!("{{\"\\u0041{M}\u{e400}\":1}}");
         assert_eq!(norm_with(&inner, true), format!("{{\"\\u0041{M}\u{e400}\":0}}"));
