@@ -312,6 +312,27 @@ mod tests {
     }
 
     #[test]
+    fn pairs_across_levels_make_the_right_character() {
+        // U+1F600 is D83D DE00: both halves non-zero, so the arithmetic is all exercised.
+        let inner = format!("{{\"{M}\u{e03d}\\ude00\":1}}");
+        assert_eq!(norm_with(&inner, true), "{\"\u{1f600}\":0}");
+        let inner = format!("{{\"\\udbff{M}\u{e7ff}\":1}}");
+        assert_eq!(norm_with(&inner, true), "{\"\u{10ffff}\":0}");
+    }
+
+    #[test]
+    fn only_a_high_then_a_low_escape_is_a_pair() {
+        // Two lone lows, and a high before what only looks like an escape.
+        assert_eq!(
+            norm(r#"{"a":"\udc00\udc01"}"#),
+            format!("{{\"a\":\"{M}\u{e400}{M}\u{e401}\"}}")
+        );
+        assert_eq!(norm(r#"{"a":"\ud800xudc00"}"#), format!("{{\"a\":\"{M}\u{e000}xudc00\"}}"));
+        assert_eq!(norm(r#"{"a":"\ud800\\dc00"}"#), format!("{{\"a\":\"{M}\u{e000}\\\\dc00\"}}"));
+        assert_eq!(norm(r#"{"a":"\ud800\u0dc0"}"#), format!("{{\"a\":\"{M}\u{e000}\\u0dc0\"}}"));
+    }
+
+    #[test]
     fn numbers_become_zero_only_when_well_formed() {
         assert_eq!(norm(r#"{"a":1e400}"#), r#"{"a":0}"#);
         assert_eq!(norm(r#"{"a":-12.5E+3,"b":0}"#), r#"{"a":0,"b":0}"#);
