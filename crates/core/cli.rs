@@ -147,6 +147,77 @@ pub struct Args {
     /// The format of --stats: text, or one JSON object (implies --stats).
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub stats_format: Option<StatsFormat>,
+
+    /// Print the man page or a shell completion script, generated from this very definition,
+    /// and exit.
+    #[arg(long, value_enum, value_name = "KIND")]
+    pub generate: Option<Generate>,
+}
+
+/// `--generate`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Generate {
+    /// The man page (roff).
+    Man,
+    /// Completions for bash.
+    CompleteBash,
+    /// Completions for zsh.
+    CompleteZsh,
+    /// Completions for fish.
+    CompleteFish,
+}
+
+/// The long `--version`: the version, the commit it was built from (when built from a checkout),
+/// the target, the SIMD level simd-json uses on this machine, and the ingest pipeline the raw
+/// mapping follows. What a bug report needs.
+pub fn long_version() -> String {
+    let commit = match env!("KMSGUARD_GIT_COMMIT") {
+        "" => String::new(),
+        commit => format!(" (commit {commit})"),
+    };
+    format!(
+        "{}{commit}\ntarget: {}\nsimd-json: {} (detected at run time)\nraw mapping: elastic/integrations CloudTrail pipeline at {}",
+        env!("CARGO_PKG_VERSION"),
+        env!("KMSGUARD_TARGET"),
+        simd_level(),
+        kmsguard_matcher::PIPELINE_COMMIT
+    )
+}
+
+/// The implementation simd-json's run-time detection picks on this CPU.
+fn simd_level() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") {
+            return "avx2";
+        }
+        if std::is_x86_feature_detected!("sse4.2") {
+            return "sse4.2";
+        }
+    }
+    "portable (no SIMD)"
+}
+
+/// Writes what `--generate` asks for to `out`.
+pub fn generate(kind: Generate, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    let mut cmd = Args::command();
+    let name = cmd.get_name().to_string();
+    match kind {
+        Generate::Man => clap_mangen::Man::new(cmd).render(out),
+        Generate::CompleteBash => {
+            clap_complete::generate(clap_complete::Shell::Bash, &mut cmd, name, out);
+            Ok(())
+        }
+        Generate::CompleteZsh => {
+            clap_complete::generate(clap_complete::Shell::Zsh, &mut cmd, name, out);
+            Ok(())
+        }
+        Generate::CompleteFish => {
+            clap_complete::generate(clap_complete::Shell::Fish, &mut cmd, name, out);
+            Ok(())
+        }
+    }
 }
 
 /// `--stats-format`.
@@ -214,6 +285,20 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Args::command().debug_assert();
+    }
+
+    #[test]
+    fn generated_docs_come_from_the_definition() {
+        let mut man = Vec::new();
+        generate(Generate::Man, &mut man).unwrap();
+        let man = String::from_utf8(man).unwrap();
+        assert!(man.contains("\\-\\-json\\-stream") && man.contains("kmsguard"), "{man}");
+        for kind in [Generate::CompleteBash, Generate::CompleteZsh, Generate::CompleteFish] {
+            let mut script = Vec::new();
+            generate(kind, &mut script).unwrap();
+            assert!(String::from_utf8(script).unwrap().contains("assume-dataset"), "{kind:?}");
+        }
+        assert!(long_version().contains("target: ") && long_version().contains("simd-json: "));
     }
 
     #[test]

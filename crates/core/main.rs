@@ -14,7 +14,7 @@ use std::time::Instant;
 use std::os::fd::AsFd;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use kmsguard_matcher::{Matcher, Rule, Shapes, DATA_STREAM_DATASET, EVENT_DATASET};
 use kmsguard_transform::{line_end_after, AlertBudget, Mode, OnInvalid, Options, Transform};
 use memmap2::{Advice, Mmap, UncheckedAdvice};
@@ -25,7 +25,22 @@ use crate::output::{InputSink, Ordered, Separated};
 use crate::signal::StopOnSignal;
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    // Computed once per run (it detects the CPU), so leaking it is what `'static` costs.
+    let version: &'static str = Box::leak(cli::long_version().into_boxed_str());
+    let matches = Args::command().long_version(version).get_matches();
+    let args = match Args::from_arg_matches(&matches) {
+        Ok(args) => args,
+        Err(e) => e.exit(),
+    };
+    if let Some(kind) = args.generate {
+        return match cli::generate(kind, &mut io::stdout().lock()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("kmsguard: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     signal::install();
     match run(&args) {
         Ok(code) => code,
