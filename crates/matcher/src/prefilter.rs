@@ -191,6 +191,17 @@ mod tests {
     }
 
     #[test]
+    fn literals_come_only_from_fields_every_shape_carries_verbatim() {
+        // However rare the dataset clause is said to be, raw records carry no dataset at all:
+        // its terms can never be the literal.
+        let mut rule = Rule::kms_cmk_disabled_or_scheduled_for_deletion();
+        rule.clauses[0].share = 0.000_001;
+        rule.clauses[3].share = 0.000_001;
+        let needles: Vec<_> = Prefilter::new(&rule).needles().map(<[u8]>::to_vec).collect();
+        assert_eq!(needles, [b"leKey".to_vec(), b"\\u00".to_vec()]);
+    }
+
+    #[test]
     fn widens_escape_literal_for_terms_with_slash() {
         let mut rule = Rule::kms_cmk_disabled_or_scheduled_for_deletion();
         rule.clauses[2].terms = &["a/b"];
