@@ -336,6 +336,9 @@ mod tests {
     fn numbers_become_zero_only_when_well_formed() {
         assert_eq!(norm(r#"{"a":1e400}"#), r#"{"a":0}"#);
         assert_eq!(norm(r#"{"a":-12.5E+3,"b":0}"#), r#"{"a":0,"b":0}"#);
+        for huge in ["0e400", "-0e400", "1.25e400", "-0.5E-400", "10.01e+999"] {
+            assert_eq!(norm(&format!(r#"{{"a":{huge}}}"#)), r#"{"a":0}"#, "{huge}");
+        }
         for bad in ["01", "1.", "-", "1e", ".5", "1-2", "--1", "1.5e+"] {
             let doc = format!(r#"{{"a":{bad}}}"#);
             assert_eq!(norm(&doc), doc, "{bad}");

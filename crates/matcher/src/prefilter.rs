@@ -163,6 +163,14 @@ mod tests {
     }
 
     #[test]
+    fn a_line_without_the_literals_is_no_candidate() {
+        let pre = Prefilter::new(&Rule::kms_cmk_disabled_or_scheduled_for_deletion());
+        assert!(!pre.is_candidate(br#"{"eventName":"Decrypt","eventSource":"kms.amazonaws.com"}"#));
+        assert!(pre.is_candidate(br#"{"eventName":"DisableKey"}"#));
+        assert!(pre.is_candidate(br#"{"eventName":"Dis\u0061bleKey"}"#));
+    }
+
+    #[test]
     fn finds_each_candidate_line_once() {
         let hay = "a\nDisableKey DisableKey\nb\nx ScheduleKeyDeletion\n\\u0044\nc";
         assert_eq!(lines(hay), ["DisableKey DisableKey", "x ScheduleKeyDeletion", "\\u0044"]);
