@@ -253,7 +253,7 @@ fn exec_input_in_front() {
         let config = example("exec.yaml", &dir, &input, None);
         let child = start(&fb, &config);
         let (alerts, rest) = (dir.join("out/alerts.ndjson"), dir.join("out/rest.ndjson"));
-        let within = Duration::from_secs(if size == 0 { 20 } else { 240 });
+        let within = Duration::from_secs(if size == 0 { 60 } else { 300 });
         assert_eq!(wait_for(&alerts, matches, within), matches, "{name}: alerts");
         assert_eq!(wait_for(&rest, total - matches, within), total - matches, "{name}: the rest");
         assert_eq!(values(&alerts), cli_alerts(&input), "{name}: the CLI's alerts, exactly");
@@ -380,7 +380,7 @@ fn wasm_filter_matches_the_cli() {
         let config = example("wasm.yaml", &dir, &input, Some(&wasm));
         let child = start(&fb, &config);
         let (alerts, rest) = (dir.join("out/alerts.ndjson"), dir.join("out/rest.ndjson"));
-        let within = Duration::from_secs(if size == 0 { 20 } else { 300 });
+        let within = Duration::from_secs(if size == 0 { 60 } else { 300 });
         assert_eq!(wait_for(&alerts, matches, within), matches, "{name}: alerts");
         assert_eq!(wait_for(&rest, total - matches, within), total - matches, "{name}: the rest");
         assert!(stop(child, Duration::from_secs(15)).success());

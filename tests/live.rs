@@ -205,3 +205,40 @@ fn blocked_stdout_neither_spins_nor_grows() {
     assert!(child.wait().unwrap().success());
     assert_eq!(out.len(), total, "every byte arrives once the reader is back");
 }
+
+/// Fluentd's exec_filter shuts a child down by closing its stdin and sending SIGTERM at once.
+/// Everything written before the close still comes out: on a signal kmsguard first reads what
+/// the pipe already holds. Exit status 143 says it was signalled.
+#[test]
+fn close_then_sigterm_loses_nothing_written() {
+    for round in 0..3 {
+        let mut child = crate::util::spawn(&["--mode", "tag"]);
+        let mut stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            std::io::Read::read_to_end(&mut BufReader::new(stdout), &mut out).unwrap();
+            out
+        });
+        // kmsguard waits in read (its pipe buffer enlarged to 1 MiB); stopped there, it cannot
+        // read what comes next, so the signal lands with all of it still in the pipe.
+        std::thread::sleep(Duration::from_millis(300));
+        let signal = |sig: &str| {
+            Command::new("kill").arg(sig).arg(child.id().to_string()).status().unwrap();
+        };
+        signal("-STOP");
+        let records = 20_000;
+        let input: String =
+            (0..records).map(|n| format!("{{\"eventName\":\"Decrypt\",\"n\":{n}}}\n")).collect();
+        assert!(input.len() < 1 << 20, "the input fits in the pipe");
+        stdin.write_all(input.as_bytes()).unwrap();
+        drop(stdin);
+        signal("-TERM");
+        signal("-CONT");
+        let status = child.wait().unwrap();
+        let out = reader.join().unwrap();
+        assert_eq!(out.len(), input.len(), "round {round}: every byte written comes out");
+        assert_eq!(out, input.as_bytes());
+        assert_eq!(status.code(), Some(143), "round {round}: {status}");
+    }
+}

@@ -121,10 +121,11 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', value_name = "KINDS")]
     pub no_warn: Vec<WarnKind>,
 
-    /// Tag mode: write each invalid line as one JSON object holding it
-    /// ({"kmsguard":{"invalid":WHY},"event":{"original":LINE}}, or the line in base64 when it
-    /// is not UTF-8 or too long), so the output stays valid NDJSON for consumers that drop data
-    /// after an invalid line (Fluent Bit's stdin input). Every line is then parsed (slower).
+    /// Tag mode: write each invalid line, whitespace-only ones included, as one JSON object
+    /// holding it ({"kmsguard":{"invalid":WHY},"event":{"original":LINE}}, or the line in base64
+    /// when it is not UTF-8 or too long), so every output line is a JSON object or empty, for
+    /// consumers that drop data after an invalid line (Fluent Bit's stdin input). Every line is
+    /// then parsed (slower).
     #[arg(long)]
     pub wrap_invalid: bool,
 

@@ -312,17 +312,17 @@ fn decide_file(
 fn decide_stream(
     index: usize,
     name: &str,
-    reader: impl io::Read,
+    reader: impl io::Read + AsFd,
     transform: &mut Transform,
     out: &mut dyn Write,
     args: &Args,
     findings: &mut Findings,
 ) -> Result<(), InputError> {
-    let peeked = input::Peeked::new(reader).map_err(|e| InputError::Read(e.to_string()))?;
+    let peeked = input::Peeked::new(StopOnSignal::new(reader))
+        .map_err(|e| InputError::Read(e.to_string()))?;
     let format = input::sniff(peeked.head());
     findings.note(index, name, format, peeked.head());
-    let text = input::reader(format, peeked).map_err(|e| InputError::Read(e.to_string()))?;
-    let mut text = StopOnSignal(text);
+    let mut text = input::reader(format, peeked).map_err(|e| InputError::Read(e.to_string()))?;
     if args.json_stream {
         Ok(transform.run_documents(&mut text, out)?)
     } else {

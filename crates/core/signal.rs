@@ -1,8 +1,11 @@
-//! SIGINT and SIGTERM end a run cleanly: reading stops, what was read and decided is written and
-//! flushed, `--stats` is printed, and the exit status is 128 + the signal number (130, 143).
+//! SIGINT and SIGTERM end a run cleanly: reading stops (after what a pipe already holds), what was
+//! read is decided, written and flushed, `--stats` is printed, and the exit status is 128 + the
+//! signal number (130, 143).
 
 use std::io::{self, Read};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
 
 /// The signal received, or 0.
 static RECEIVED: AtomicI32 = AtomicI32::new(0);
@@ -35,17 +38,57 @@ pub fn received() -> Option<i32> {
     }
 }
 
+/// The longest a stopping run keeps draining a pipe, and the most it reads from it meanwhile.
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+const DRAIN_BYTES: u64 = 64 << 20;
+
 /// A reader that ends (reads as EOF) once a stop signal has arrived, so the transform finishes
 /// the data it holds and returns normally.
-pub struct StopOnSignal<R>(pub R);
+///
+/// From a regular file it stops at once. From a pipe or a socket it first reads what is already
+/// there, without waiting for more (for at most 2 s or 64 MiB): a shipper that closes kmsguard's
+/// stdin and signals it at once, as Fluentd's exec_filter does at shutdown, loses nothing it wrote.
+pub struct StopOnSignal<R> {
+    inner: R,
+    /// The descriptor to poll while draining; `None` for a regular file.
+    pipe: Option<RawFd>,
+    drain: Option<(Instant, u64)>,
+}
 
-impl<R: Read> Read for StopOnSignal<R> {
+impl<R: Read + AsFd> StopOnSignal<R> {
+    /// Wraps `inner`, looking at what kind of file it reads.
+    pub fn new(inner: R) -> StopOnSignal<R> {
+        let fd = inner.as_fd().as_raw_fd();
+        // SAFETY: `fstat` fills the zeroed `stat` we own, for a descriptor `inner` keeps open.
+        let regular = unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            libc::fstat(fd, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFREG
+        };
+        StopOnSignal { inner, pipe: (!regular).then_some(fd), drain: None }
+    }
+
+    /// Whether the pipe holds data (or its end) now.
+    fn ready(fd: RawFd) -> bool {
+        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one `pollfd` we own, a zero timeout: `poll` only fills `revents`.
+        unsafe { libc::poll(&mut pfd, 1, 0) > 0 }
+    }
+}
+
+impl<R: Read + AsFd> Read for StopOnSignal<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             if received().is_some() {
-                return Ok(0);
+                let Some(fd) = self.pipe else { return Ok(0) };
+                let (since, read) = *self.drain.get_or_insert((Instant::now(), 0));
+                if since.elapsed() > DRAIN_TIME || read > DRAIN_BYTES || !Self::ready(fd) {
+                    return Ok(0);
+                }
+                let n = self.inner.read(buf)?;
+                self.drain = Some((since, read + n as u64));
+                return Ok(n);
             }
-            match self.0.read(buf) {
+            match self.inner.read(buf) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 result => return result,
             }

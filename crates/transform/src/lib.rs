@@ -96,9 +96,9 @@ pub struct Options {
     pub tag: Option<String>,
     /// Count lines for [`Stats::lines`]: one more pass over the input (`--stats` asks for it).
     pub count_lines: bool,
-    /// Tag mode: write each invalid line as one JSON object holding it (see `wrap.rs`), so the
-    /// output stays valid NDJSON for consumers that lose data on an invalid line. Every line is
-    /// then parsed (slower).
+    /// Tag mode: write each invalid line (whitespace-only lines included, empty ones not) as one
+    /// JSON object holding it (see `wrap.rs`), so every output line is a JSON object or empty,
+    /// for consumers that lose data on an invalid line. Every line is then parsed (slower).
     pub wrap_invalid: bool,
     /// Write one line to stderr for each parsed line that does not match, saying why
     /// (`--explain`). Lines are counted so that each can be named.
@@ -679,7 +679,9 @@ impl Transform {
     fn worth_parsing(&self, line: &[u8]) -> bool {
         let doc = line.strip_prefix(BOM).unwrap_or(line);
         if doc.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r')) {
-            return false;
+            // No document. Under --wrap-invalid one with bytes (spaces, a `\r`) is wrapped too,
+            // so that every line out is a JSON object or empty.
+            return self.wraps() && !line.is_empty();
         }
         self.validates_every_line()
             || self.prefilter.is_candidate(line)
@@ -739,6 +741,7 @@ impl Transform {
                     (true, _) if self.options.wrap_invalid => {
                         self.stats.wrapped += 1;
                         let why = match self.matcher.explain(line) {
+                            _ if line.trim_ascii().is_empty() => "blank line".to_string(),
                             kmsguard_matcher::Explanation::Invalid(why) => why,
                             other => other.to_string(),
                         };
