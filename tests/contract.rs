@@ -288,3 +288,28 @@ fn split_records_splits_lookup_events_and_envelopes_of_log_files() {
     let filtered = stdout_of(&["--split-records"], input.as_bytes());
     assert_eq!(lines(&filtered), [lines(&tagged)[1], lines(&tagged)[2]]);
 }
+
+/// What Vector's and Fluentd's JSON decoders need: under --wrap-invalid every output line is one
+/// JSON object, or empty (docs/shippers.md VW7, VW8, FW3), whatever the input holds.
+#[test]
+fn wrap_invalid_leaves_only_objects_and_empty_lines() {
+    let mut input = mixed();
+    input.extend_from_slice(b"\n   \n\r\n[1,2]\n\"s\"\n42\n{\"a\":1,\"a\":2}\n\xff\xfe\n{\"eventName\":\"DisableKey\"\n\n");
+    let out = stdout_of(&["--mode", "tag", "--wrap-invalid", "--no-warn", "all"], &input);
+    assert_eq!(lines(&out).len(), lines(&input).len(), "one line out per line in");
+    for line in lines(&out) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let line = line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line);
+        if line.is_empty() {
+            continue;
+        }
+        // The reference parser: serde_json's own nesting limit (128) would refuse valid
+        // documents 999 deep.
+        let value = kmsguard_reference::parse(line);
+        assert!(
+            matches!(value, Some(Json::Object(_))),
+            "not one JSON object: {}",
+            String::from_utf8_lossy(line)
+        );
+    }
+}

@@ -242,3 +242,42 @@ fn close_then_sigterm_loses_nothing_written() {
         assert_eq!(status.code(), Some(143), "round {round}: {status}");
     }
 }
+
+/// Logstash's pipe output gives kmsguard a pipe it never reads, so the config sends kmsguard's
+/// output to a file (`>> tagged.ndjson`, O_APPEND) that Logstash's file input tails. Each event
+/// written into the open pipe reaches the file within a second, and a second kmsguard appends
+/// after the first.
+#[test]
+fn output_to_an_appended_file_arrives_while_input_idles() {
+    let path = std::env::temp_dir().join(format!("kmsguard-append-{}.ndjson", std::process::id()));
+    std::fs::write(&path, b"").unwrap();
+    for run in 1..=2 {
+        let file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kmsguard"))
+            .args(["--mode", "tag", "--wrap-invalid"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(file)
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "{OTHER}\n{MATCH}").unwrap();
+        stdin.flush().unwrap();
+        let start = Instant::now();
+        let want = 2 * run;
+        while std::fs::read_to_string(&path).unwrap().lines().count() < want {
+            assert!(
+                start.elapsed() < Duration::from_secs(1),
+                "run {run}: not in the file within 1 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        drop(stdin);
+        assert!(child.wait().unwrap().success());
+    }
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4);
+    assert_eq!((lines[0], lines[2]), (OTHER, OTHER), "each run appends after the last");
+    assert!(lines[1].contains(r#""rule":{"#) && lines[3].contains(r#""rule":{"#));
+    std::fs::remove_file(&path).unwrap();
+}
