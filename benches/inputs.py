@@ -86,7 +86,7 @@ def main():
     k = KMSGUARD
 
     def count_lines(name, out):
-        if name.startswith("zcat >"):
+        if name.endswith("> /dev/null"):
             return
         got = out.count(b"\n")
         if got != matches:

@@ -204,14 +204,23 @@ impl Read for Decoded<'_> {
 /// How much compressed input is read at a time.
 const COMPRESSED_BUFFER: usize = 256 * 1024;
 
-/// `input` as text: wrapped in the decoder its format needs, or as it is.
-pub fn reader<'a>(format: Format, input: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> {
+/// `input` as text: wrapped in the decoder its format needs, or as it is. `size`, when known
+/// (a regular file), bounds the decoder's read buffer: `BufReader` zero-fills its buffer once,
+/// which for a directory of small `.json.gz` files would cost more than reading them.
+pub fn reader<'a>(
+    format: Format,
+    input: impl Read + 'a,
+    size: Option<u64>,
+) -> io::Result<Box<dyn Read + 'a>> {
     if let Format::Plain | Format::Undecoded(_) = format {
         return Ok(Box::new(input));
     }
+    let capacity = size.map_or(COMPRESSED_BUFFER, |n| {
+        usize::try_from(n).unwrap_or(usize::MAX).clamp(4096, COMPRESSED_BUFFER)
+    });
     let consumed = Rc::new(Cell::new(0));
     let counted = Counted {
-        inner: BufReader::with_capacity(COMPRESSED_BUFFER, input),
+        inner: BufReader::with_capacity(capacity, input),
         consumed: Rc::clone(&consumed),
     };
     let (inner, format): (Box<dyn Read + 'a>, _) = match format {
@@ -253,7 +262,7 @@ mod tests {
     fn decode_all(bytes: Vec<u8>) -> io::Result<Vec<u8>> {
         let format = sniff(&bytes);
         let mut out = Vec::new();
-        reader(format, io::Cursor::new(bytes))?.read_to_end(&mut out)?;
+        reader(format, io::Cursor::new(bytes), None)?.read_to_end(&mut out)?;
         Ok(out)
     }
 

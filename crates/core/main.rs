@@ -273,7 +273,7 @@ fn decide_input(
                 return decide_file(index, &name, File::from(fd), transforms, out, args, findings);
             }
             enlarge_pipe(stdin.as_fd());
-            decide_stream(index, &name, stdin.lock(), &mut transforms[0], out, args, findings)
+            decide_stream(index, &name, stdin.lock(), None, &mut transforms[0], out, args, findings)
         }
         Input::Path(path) => match File::open(path) {
             Ok(file) => decide_file(index, &name, file, transforms, out, args, findings),
@@ -305,7 +305,8 @@ fn decide_file(
         }
     }
     enlarge_pipe(file.as_fd());
-    decide_stream(index, name, file, &mut transforms[0], out, args, findings)
+    let size = file.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
+    decide_stream(index, name, file, size, &mut transforms[0], out, args, findings)
 }
 
 /// Decides a stream, recognised by its first bytes and decompressed when it needs to be.
@@ -313,6 +314,7 @@ fn decide_stream(
     index: usize,
     name: &str,
     reader: impl io::Read + AsFd,
+    size: Option<u64>,
     transform: &mut Transform,
     out: &mut dyn Write,
     args: &Args,
@@ -322,7 +324,8 @@ fn decide_stream(
         .map_err(|e| InputError::Read(e.to_string()))?;
     let format = input::sniff(peeked.head());
     findings.note(index, name, format, peeked.head());
-    let mut text = input::reader(format, peeked).map_err(|e| InputError::Read(e.to_string()))?;
+    let mut text =
+        input::reader(format, peeked, size).map_err(|e| InputError::Read(e.to_string()))?;
     if args.json_stream {
         Ok(transform.run_documents(&mut text, out)?)
     } else {

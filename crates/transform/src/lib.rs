@@ -213,6 +213,8 @@ pub struct Transform {
     input: InputStart,
     /// An oversized line being wrapped as it streams through (`--wrap-invalid`).
     wrapping: Option<wrap::Streaming>,
+    /// The read buffer, kept between runs (see `read_buffer`).
+    buffer: Vec<u8>,
 }
 
 /// Where the current input began in a transform's counts.
@@ -249,6 +251,7 @@ impl Transform {
             budget,
             input: InputStart { first_line: true, ..InputStart::default() },
             wrapping: None,
+            buffer: Vec::new(),
         }
     }
 
@@ -316,7 +319,7 @@ impl Transform {
     /// decided before the error has been written.
     pub fn run(&mut self, input: &mut dyn Read, out: &mut dyn Write) -> Result<(), Error> {
         let max_line = self.options.max_line_bytes;
-        let mut buf = vec![0u8; self.options.read_size.max(1).min(max_line.saturating_add(1))];
+        let mut buf = self.read_buffer(max_line);
         let mut filled = 0;
         // Inside an oversized line: its bytes stream through (or away) up to its `\n`.
         let mut skipping = false;
@@ -377,6 +380,7 @@ impl Transform {
             }
         }
         self.end_wrapping(out)?;
+        self.buffer = buf;
         out.flush()?;
         Ok(())
     }
@@ -396,7 +400,7 @@ impl Transform {
         out: &mut dyn Write,
     ) -> Result<(), Error> {
         let max_doc = self.options.max_line_bytes;
-        let mut buf = vec![0u8; self.options.read_size.max(1).min(max_doc.saturating_add(1))];
+        let mut buf = self.read_buffer(max_doc);
         let (mut filled, mut pos) = (0, 0);
         // The document being read: where it starts in `buf`, and its scanner's progress.
         let mut doc: Option<(usize, docs::Scanner)> = None;
@@ -480,8 +484,24 @@ impl Transform {
             self.document(&buf[start..filled], out)?;
         }
         self.end_wrapping(out)?;
+        self.buffer = buf;
         out.flush()?;
         Ok(())
+    }
+
+    /// The read buffer of the last run, kept so that a run over many small inputs (a directory
+    /// of log files) does not allocate and zero a fresh one per input: `read_size` bytes, at most
+    /// `max_line + 1`.
+    fn read_buffer(&mut self, max_line: usize) -> Vec<u8> {
+        let mut buf = std::mem::take(&mut self.buffer);
+        let size = self.options.read_size.max(1).min(max_line.saturating_add(1));
+        if buf.capacity() > 4 * size {
+            // Grown for a long line: give the memory back rather than keep it for every input.
+            buf = Vec::new();
+        }
+        buf.truncate(size);
+        buf.resize(size, 0);
+        buf
     }
 
     /// Whitespace between documents: through in tag mode.
@@ -878,7 +898,11 @@ impl Transform {
 pub fn starts_spanning_document(line: &[u8]) -> bool {
     let line = line.strip_prefix(BOM).unwrap_or(line);
     let trimmed = line.trim_ascii();
-    if !matches!(trimmed.first(), Some(b'{' | b'[')) {
+    // A line that starts a document spanning lines ends where JSON can go on: after an opener,
+    // a comma or a colon. Any other ending (a complete object's `}`) is settled without a scan.
+    if !matches!(trimmed.first(), Some(b'{' | b'['))
+        || !matches!(trimmed.last(), Some(b'{' | b'[' | b',' | b':'))
+    {
         return false;
     }
     let (mut depth, mut in_string, mut escaped) = (0i64, false, false);
@@ -928,6 +952,17 @@ fn line_number(lines_before: u64, data: &[u8], start: usize) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::line_end_after;
+
+    #[test]
+    fn spanning_documents_are_told_from_whole_ones() {
+        use super::starts_spanning_document as spans;
+        for line in ["{", " [ ", r#"{"Records": ["#, r#"{"a": 1,"#, r#"{"a":"#, "\u{feff}{"] {
+            assert!(spans(line.as_bytes()), "{line}");
+        }
+        for line in [r#"{"a":1}"#, "[1]", r#"{"a":"{"}"#, r#""{""#, "", "x{", r#"{"a":"b,"#] {
+            assert!(!spans(line.as_bytes()), "{line}");
+        }
+    }
 
     #[test]
     fn cuts_fall_just_after_a_newline() {
