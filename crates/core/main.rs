@@ -273,7 +273,8 @@ fn decide_input(
                 return decide_file(index, &name, File::from(fd), transforms, out, args, findings);
             }
             enlarge_pipe(stdin.as_fd());
-            decide_stream(index, &name, stdin.lock(), None, &mut transforms[0], out, args, findings)
+            let stream = Stream { index, name: &name, size: None };
+            decide_stream(stream, stdin.lock(), &mut transforms[0], out, args, findings)
         }
         Input::Path(path) => match File::open(path) {
             Ok(file) => decide_file(index, &name, file, transforms, out, args, findings),
@@ -306,15 +307,22 @@ fn decide_file(
     }
     enlarge_pipe(file.as_fd());
     let size = file.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
-    decide_stream(index, name, file, size, &mut transforms[0], out, args, findings)
+    let stream = Stream { index, name, size };
+    decide_stream(stream, file, &mut transforms[0], out, args, findings)
+}
+
+/// Which input a stream is (its index and name), and its size when it is a regular file.
+#[derive(Clone, Copy)]
+struct Stream<'a> {
+    index: usize,
+    name: &'a str,
+    size: Option<u64>,
 }
 
 /// Decides a stream, recognised by its first bytes and decompressed when it needs to be.
 fn decide_stream(
-    index: usize,
-    name: &str,
+    stream: Stream<'_>,
     reader: impl io::Read + AsFd,
-    size: Option<u64>,
     transform: &mut Transform,
     out: &mut dyn Write,
     args: &Args,
@@ -323,7 +331,8 @@ fn decide_stream(
     let peeked = input::Peeked::new(StopOnSignal::new(reader))
         .map_err(|e| InputError::Read(e.to_string()))?;
     let format = input::sniff(peeked.head());
-    findings.note(index, name, format, peeked.head());
+    findings.note(stream.index, stream.name, format, peeked.head());
+    let size = stream.size;
     let mut text =
         input::reader(format, peeked, size).map_err(|e| InputError::Read(e.to_string()))?;
     if args.json_stream {
