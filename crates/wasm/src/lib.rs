@@ -39,6 +39,87 @@ struct Filter {
     matcher: Matcher,
     enricher: Enricher,
     out: Vec<u8>,
+    scan: RarePairs,
+}
+
+/// A first pass cheap enough for an interpreter (Fluent Bit runs modules in WAMR's interpreter,
+/// where each of the prefilter's `memmem` passes costs tens of microseconds a record): one pass,
+/// eight bytes a step, for a rare pair of adjacent bytes of each prefilter literal (`eK` of
+/// `leKey`, `\u` of `\u00`; single bytes are too common: every CloudTrail record holds a `K`
+/// in `accessKeyId`, and every ECS document a backslash in `event.original`). A record without
+/// any of the pairs holds no literal, so it cannot match and is handed back at once; one with a
+/// pair goes on to the real prefilter and the matcher. Sound because it only ever says "maybe".
+struct RarePairs {
+    /// One pair per literal; a literal of one byte is its own pair.
+    pairs: Vec<[u8; 2]>,
+}
+
+impl RarePairs {
+    fn new(matcher: &Matcher) -> RarePairs {
+        let mut pairs: Vec<[u8; 2]> = matcher
+            .prefilter()
+            .needles()
+            .map(|n| match n {
+                [b] => [*b, *b],
+                _ => n
+                    .windows(2)
+                    .map(|p| [p[0], p[1]])
+                    .min_by_key(|p| commonness(p[0]) + commonness(p[1]))
+                    .expect("a literal of two bytes or more"),
+            })
+            .collect();
+        pairs.sort_unstable();
+        pairs.dedup();
+        RarePairs { pairs }
+    }
+
+    /// Whether `hay` holds one of the pairs (true, too, for literals of one byte, and for more
+    /// than two literals: the scan below looks for two pairs at most).
+    fn maybe(&self, hay: &[u8]) -> bool {
+        let (p, q) = match self.pairs[..] {
+            [p] => (p, p),
+            [p, q] => (p, q),
+            _ => return true,
+        };
+        if p[0] == p[1] || q[0] == q[1] {
+            return true;
+        }
+        const LO: u64 = 0x0101_0101_0101_0101;
+        const HI: u64 = 0x8080_8080_8080_8080;
+        // The high bit of every byte of `w` that equals `b` (and, rarely, of a byte just above
+        // such a byte: a false "maybe", never a miss).
+        let eq = |w: u64, b: u8| {
+            let x = w ^ (LO * u64::from(b));
+            x.wrapping_sub(LO) & !x & HI
+        };
+        let (mut carry_p, mut carry_q) = (0u64, 0u64);
+        let mut words = hay.chunks_exact(8);
+        for word in &mut words {
+            let w = u64::from_le_bytes(word.try_into().expect("eight bytes"));
+            let (p0, q0) = (eq(w, p[0]), eq(w, q[0]));
+            // A first byte at byte i, its second at byte i + 1; or across the word boundary.
+            let hit_p = (((p0 << 8) | carry_p) & eq(w, p[1])) != 0;
+            let hit_q = (((q0 << 8) | carry_q) & eq(w, q[1])) != 0;
+            if hit_p || hit_q {
+                return true;
+            }
+            (carry_p, carry_q) = (p0 >> 56, q0 >> 56);
+        }
+        let tail = words.remainder();
+        let last = hay.len() - tail.len();
+        hay[last.saturating_sub(1)..].windows(2).any(|w| w == p || w == q)
+    }
+}
+
+/// How common a byte is in CloudTrail JSON, roughly: lowercase letters, digits and JSON's
+/// punctuation most, then uppercase letters, then everything else.
+fn commonness(b: u8) -> u8 {
+    match b {
+        b'a'..=b'z' | b'"' | b':' | b',' | b'.' | b'0'..=b'9' => 3,
+        b'A'..=b'Z' | b'-' | b'_' | b'/' => 2,
+        b'\\' => 1,
+        _ => 0,
+    }
 }
 
 impl Filter {
@@ -47,12 +128,13 @@ impl Filter {
             .assume_dataset(assume_cloudtrail.then(|| CLOUDTRAIL_DATASET.to_string()))
             .build();
         let enricher = Enricher::new(matcher.rule(), matcher.rule().tag);
-        Filter { matcher, enricher, out: Vec::new() }
+        let scan = RarePairs::new(&matcher);
+        Filter { matcher, enricher, out: Vec::new(), scan }
     }
 
     /// Decides `record`: `None` when it does not match, else the enriched record, NUL-ended.
     fn enrich(&mut self, record: &[u8]) -> Option<*const u8> {
-        if !self.matcher.is_match(record) {
+        if !self.scan.maybe(record) || !self.matcher.is_match(record) {
             return None;
         }
         self.out.clear();
@@ -216,6 +298,51 @@ mod tests {
         assert!(call(kms_filter_cloudtrail, NO_DATASET).contains(r#""tags":["#));
         assert_eq!(call(kms_tag, NO_DATASET), NO_DATASET);
         assert!(call(kms_tag_cloudtrail, NO_DATASET).contains(r#""threat":{"#));
+    }
+
+    #[test]
+    fn the_first_pass_never_turns_a_candidate_away() {
+        let filter = Filter::new(false);
+        assert_eq!(filter.scan.pairs, [*b"\\u", *b"eK"]);
+        let keep = [MATCH, r#"{"a":"\u0044isableKey"}"#, "eK", "\\u", "xxxxxxeK", "xxxxxxxeK"];
+        for hay in keep {
+            assert!(filter.scan.maybe(hay.as_bytes()), "{hay}");
+        }
+        for hay in [OTHER, "", "e", "K", r#"{"accessKeyId":"K","e":"\"K"}"#] {
+            assert!(!filter.scan.maybe(hay.as_bytes()), "{hay}");
+        }
+        // Every position of a pair in records of every length, word boundaries included.
+        for len in 2..40 {
+            for at in 0..len - 1 {
+                for pair in [b"eK", b"\\u"] {
+                    let mut hay = vec![b'x'; len];
+                    hay[at..at + 2].copy_from_slice(pair);
+                    assert!(filter.scan.maybe(&hay), "{len} {at}");
+                }
+            }
+        }
+    }
+
+    /// Against the prefilter on generated documents: whenever the prefilter says candidate, so
+    /// does the first pass.
+    #[test]
+    fn the_first_pass_is_sound_against_the_prefilter() {
+        let filter = Filter::new(false);
+        let mut state = 0x1234_5678_9abc_def0u64;
+        for _ in 0..20_000 {
+            let len = (state >> 58) as usize;
+            let doc: Vec<u8> = (0..len)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    b"leKy\\u0x"[(state % 8) as usize]
+                })
+                .collect();
+            if filter.matcher.prefilter().is_candidate(&doc) {
+                assert!(filter.scan.maybe(&doc), "{}", String::from_utf8_lossy(&doc));
+            }
+        }
     }
 
     #[test]
