@@ -13,8 +13,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=x86_64-unknown-linux-musl
-cargo build --release --locked --target "$target" -p kmsguard
-cargo build --release --locked --target wasm32-wasip1 -p kmsguard-wasm --target-dir target/wasm
+# The packaged binary without debug info, stripped (the release profile keeps some for profiling).
+CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=symbols \
+  cargo build --release --locked --target "$target" -p kmsguard
+# No debug info in the module Fluent Bit loads (the release profile keeps some for profiling).
+CARGO_PROFILE_RELEASE_DEBUG=0 cargo build --release --locked --target wasm32-wasip1 -p kmsguard-wasm \
+  --target-dir target/wasm-package
 bin="target/$target/release/kmsguard"
 assets=target/assets
 rm -rf "$assets" && mkdir -p "$assets/completions"
@@ -22,6 +26,6 @@ rm -rf "$assets" && mkdir -p "$assets/completions"
 "$bin" --generate complete-bash > "$assets/completions/kmsguard.bash"
 "$bin" --generate complete-zsh > "$assets/completions/_kmsguard"
 "$bin" --generate complete-fish > "$assets/completions/kmsguard.fish"
-cp target/wasm/wasm32-wasip1/release/kmsguard_wasm.wasm "$assets/kmsguard.wasm"
-cargo deb --no-build --no-strip --target "$target" -p kmsguard --output target/debian/
+cp target/wasm-package/wasm32-wasip1/release/kmsguard_wasm.wasm "$assets/kmsguard.wasm"
+cargo deb --no-build --target "$target" -p kmsguard --output target/debian/
 ls -l target/debian/*.deb
