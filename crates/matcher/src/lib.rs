@@ -37,6 +37,7 @@
 
 mod eval;
 mod explain;
+pub mod kql;
 mod normalize;
 mod prefilter;
 mod rule;
