@@ -15,7 +15,7 @@ use crate::shape::{Shape, Shapes};
 pub const MAX_DEPTH: usize = 1000;
 
 /// The `detail-type` of an EventBridge event that carries a CloudTrail record in `detail`.
-const EVENTBRIDGE_DETAIL_TYPE: &str = "AWS API Call via CloudTrail";
+pub(crate) const EVENTBRIDGE_DETAIL_TYPE: &str = "AWS API Call via CloudTrail";
 
 /// What the exact evaluator decided about one line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,17 +64,17 @@ struct Hit {
 /// Most probes one evaluator tracks: the rule's clauses plus the two dataset fields.
 const MAX_PROBES: usize = 8;
 /// Marks a probe whose field the current path has left.
-const DEAD: u16 = u16::MAX;
+pub(crate) const DEAD: u16 = u16::MAX;
 
 /// A reusable simd-json parse: scratch copy of the input, parser buffers and tape storage.
-struct Parser {
+pub(crate) struct Parser {
     scratch: Vec<u8>,
     buffers: Buffers,
     nodes: Vec<Node<'static>>,
 }
 
 impl Parser {
-    fn new() -> Parser {
+    pub(crate) fn new() -> Parser {
         Parser {
             scratch: Vec::new(),
             buffers: Buffers::with_max_depth(4096, MAX_DEPTH),
@@ -90,7 +90,7 @@ impl Parser {
     /// encodings and its own escapes compare alike. Otherwise the text is parsed as it is and
     /// rewritten only when simd-json refuses it. simd-json rewrites strings in place even when
     /// it fails, so every parse starts from a fresh copy; the tape's storage is kept.
-    fn with_tape<R>(
+    pub(crate) fn with_tape<R>(
         &mut self,
         input: &[u8],
         outer_encoded: bool,
@@ -148,7 +148,7 @@ struct Ctx {
 
 /// The UTF-8 byte order mark. Jackson skips one at the start of a document's bytes, so a line
 /// that starts with one is the document after it (anywhere in a stream, as `cat a b` makes).
-const BOM: &[u8] = b"\xEF\xBB\xBF";
+pub(crate) const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 impl Evaluator {
     pub(crate) fn new(rule: Rule, shapes: Shapes, assume_dataset: Option<String>) -> Evaluator {
@@ -554,7 +554,7 @@ fn walk(
 
 /// Extends a probe's matched prefix of `field` by one object key: at the root the key must
 /// start the field, below it the field must go on with `.` and then the key.
-fn extend(field: &str, pos: u16, at_root: bool, key: &str) -> u16 {
+pub(crate) fn extend(field: &str, pos: u16, at_root: bool, key: &str) -> u16 {
     if pos == DEAD {
         return DEAD;
     }
@@ -580,7 +580,7 @@ fn extend(field: &str, pos: u16, at_root: bool, key: &str) -> u16 {
 /// Up to 8 keys are compared pairwise. More are sorted in a reused vector of tape indexes, so
 /// that equal keys end up next to each other: exact for any input, and no hash an attacker could
 /// collide.
-fn check_unique_keys(
+pub(crate) fn check_unique_keys(
     tape: &[Node],
     i: usize,
     len: usize,
@@ -614,7 +614,7 @@ fn check_unique_keys(
 }
 
 /// The number of tape nodes the value at `i` occupies.
-fn size(tape: &[Node], i: usize) -> usize {
+pub(crate) fn size(tape: &[Node], i: usize) -> usize {
     match tape[i] {
         Node::Object { count, .. } | Node::Array { count, .. } => count + 1,
         _ => 1,
@@ -622,7 +622,7 @@ fn size(tape: &[Node], i: usize) -> usize {
 }
 
 /// Tape indexes of the keys of the object at `obj`.
-fn member_keys<'t>(tape: &'t [Node], obj: usize) -> impl Iterator<Item = usize> + 't {
+pub(crate) fn member_keys<'t>(tape: &'t [Node], obj: usize) -> impl Iterator<Item = usize> + 't {
     let len = match tape[obj] {
         Node::Object { len, .. } => len,
         _ => 0,
@@ -636,7 +636,7 @@ fn member_keys<'t>(tape: &'t [Node], obj: usize) -> impl Iterator<Item = usize> 
 }
 
 /// Tape indexes of the elements of the array (or the member values of the object) at `i`.
-fn children<'t>(tape: &'t [Node], i: usize) -> impl Iterator<Item = usize> + 't {
+pub(crate) fn children<'t>(tape: &'t [Node], i: usize) -> impl Iterator<Item = usize> + 't {
     let (len, step) = match tape[i] {
         Node::Array { len, .. } => (len, 0),
         Node::Object { len, .. } => (len, 1),
@@ -651,12 +651,12 @@ fn children<'t>(tape: &'t [Node], i: usize) -> impl Iterator<Item = usize> + 't 
 }
 
 /// The tape index of the value of `name` in the object at `obj` (a plain key, not a path).
-fn member(tape: &[Node], obj: usize, name: &str) -> Option<usize> {
+pub(crate) fn member(tape: &[Node], obj: usize, name: &str) -> Option<usize> {
     member_keys(tape, obj).find(|&k| tape[k] == Node::String(name)).map(|k| k + 1)
 }
 
 /// A raw CloudTrail record: an object with `eventSource` and `eventName` keys.
-fn is_raw_record(tape: &[Node], i: usize) -> bool {
+pub(crate) fn is_raw_record(tape: &[Node], i: usize) -> bool {
     matches!(tape[i], Node::Object { .. })
         && member(tape, i, "eventSource").is_some()
         && member(tape, i, "eventName").is_some()
@@ -664,7 +664,7 @@ fn is_raw_record(tape: &[Node], i: usize) -> bool {
 
 /// Whether the ingest pipeline's first script removes the value at `i`: `null`, one of
 /// [`REMOVED_STRINGS`], or an object or array whose members are all removed in turn.
-fn is_removed(tape: &[Node], i: usize) -> bool {
+pub(crate) fn is_removed(tape: &[Node], i: usize) -> bool {
     match tape[i] {
         Node::Static(StaticNode::Null) => true,
         Node::String(s) => REMOVED_STRINGS.contains(&s),

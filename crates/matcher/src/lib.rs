@@ -41,6 +41,7 @@ pub mod kql;
 mod normalize;
 mod prefilter;
 mod rule;
+pub mod ruleset;
 mod shape;
 
 pub use crate::eval::{Verdict, MAX_DEPTH};

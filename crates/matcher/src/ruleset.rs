@@ -1,0 +1,1107 @@
+//! Many KQL rules at once (`../spec/RULES.md`): compiled once into the union of the fields they
+//! read and a boolean program per rule, then decided with one parse and one walk per document.
+//!
+//! A field's values come from the document as Elasticsearch indexes it (RULE.md section 2 and
+//! RULES.md section 3): dotted keys and nested objects alike, arrays flattened, numbers and
+//! booleans as their text, strings longer than the field's `ignore_above` not indexed. For the raw
+//! CloudTrail shapes the values are those the Elastic AWS integration's pipeline would give each
+//! field ([`Source`]); a field the pipeline computes from data not in the record is *unknown*, and
+//! rules are evaluated in Kleene's three-valued logic, so an unknown never fires a rule nor
+//! silently drops it.
+
+use simd_json::{tape::Node, StaticNode};
+
+use crate::eval::{
+    check_unique_keys, children, extend, is_raw_record, is_removed, member, member_keys, Parser,
+    BOM, DEAD, EVENTBRIDGE_DETAIL_TYPE,
+};
+use crate::kql::{Pattern, Query, Value};
+use crate::shape::Shape;
+use crate::CLOUDTRAIL_DATASET;
+
+/// A rule's verdict on one document, in three-valued logic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tri {
+    /// The query holds: the rule fires.
+    True,
+    /// The query does not hold.
+    False,
+    /// The query's value depends on a field the raw shape cannot tell (RULES.md section 4).
+    Unknown,
+}
+
+impl Tri {
+    fn not(self) -> Tri {
+        match self {
+            Tri::True => Tri::False,
+            Tri::False => Tri::True,
+            Tri::Unknown => Tri::Unknown,
+        }
+    }
+
+    /// Kleene's `or`.
+    fn or(self, other: Tri) -> Tri {
+        match (self, other) {
+            (Tri::True, _) | (_, Tri::True) => Tri::True,
+            (Tri::Unknown, _) | (_, Tri::Unknown) => Tri::Unknown,
+            _ => Tri::False,
+        }
+    }
+
+    /// Kleene's `and`.
+    fn and(self, other: Tri) -> Tri {
+        match (self, other) {
+            (Tri::False, _) | (_, Tri::False) => Tri::False,
+            (Tri::Unknown, _) | (_, Tri::Unknown) => Tri::Unknown,
+            _ => Tri::True,
+        }
+    }
+}
+
+/// How Elasticsearch indexes a field (the `logs-aws.cloudtrail-*` mappings).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FieldKind {
+    /// A keyword: strings up to `ignore_above` characters are indexed, numbers and booleans as
+    /// their text.
+    Keyword {
+        /// Longer strings are not indexed.
+        ignore_above: usize,
+    },
+    /// A boolean: `true`/`false` and the strings "true"/"false".
+    Boolean,
+    /// A leaf of a flattened field: keyword-like, with no `ignore_above`.
+    Flattened,
+}
+
+/// Where the pipeline takes a field's value from in a raw record (RULES.md section 4).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// `aws.cloudtrail`, by the shape.
+    Dataset,
+    /// The value at this path of the record, as it is (renamed or copied).
+    Path(&'static [&'static str]),
+    /// `eventName`, rendered through a template: only a string counts.
+    Rendered(&'static str),
+    /// `event.outcome`: `failure` when `errorCode` or `errorMessage` holds a value, else
+    /// `success`; for `ConsoleLogin`, `responseElements.ConsoleLogin` lowercased when present.
+    Outcome,
+    /// `source.ip`: `sourceIPAddress` when it is an IP address.
+    SourceIp,
+    /// `user.name`: the session issuer's user name for assumed roles and federated users, else
+    /// `userIdentity.userName`, else (for `UserAuthentication`) `additionalEventData.UserName`.
+    UserName,
+    /// `user.id`: `userIdentity.principalId` (`onBehalfOf.userId` for an Identity Center user).
+    UserId,
+    /// `cloud.account.id`: `userIdentity.accountId`, else `recipientAccountId`.
+    AccountId,
+    /// A leaf of a flattened copy of this record member (`requestParameters`, ...), below it at
+    /// the given dotted path; unknown when the member's string form may reach 32,766
+    /// characters (the pipeline then skips the copy).
+    Flattened(&'static str, String),
+    /// Computed from data the record does not hold (GeoIP, `Map.toString()`, user-agent
+    /// parsing, ...): unknown.
+    Unknown,
+}
+
+/// The flattened fields of the CloudTrail mapping: ECS prefix and raw record member.
+const FLATTENED: [(&str, &str); 4] = [
+    ("aws.cloudtrail.flattened.request_parameters", "requestParameters"),
+    ("aws.cloudtrail.flattened.response_elements", "responseElements"),
+    ("aws.cloudtrail.flattened.additional_eventdata", "additionalEventData"),
+    ("aws.cloudtrail.flattened.service_event_details", "serviceEventDetails"),
+];
+
+/// Fields the rules may not read: their mapping is `text`/`match_only_text` (analysis is not
+/// reproduced) or they are not indexed.
+const REFUSED_FIELDS: [&str; 3] = ["message", "error.message", "event.original"];
+
+/// The mapping and the raw source of an ECS field, or why a rule may not read it.
+pub fn field(path: &str) -> Result<(FieldKind, Source), String> {
+    if REFUSED_FIELDS.contains(&path) {
+        return Err(format!("field {path} is analyzed text or not indexed"));
+    }
+    for (prefix, raw) in FLATTENED {
+        if let Some(rest) = path.strip_prefix(prefix).and_then(|r| r.strip_prefix('.')) {
+            return Ok((FieldKind::Flattened, Source::Flattened(raw, rest.to_string())));
+        }
+        if path == prefix {
+            return Ok((FieldKind::Flattened, Source::Flattened(raw, String::new())));
+        }
+    }
+    let keyword = FieldKind::Keyword { ignore_above: 1024 };
+    let long_keyword = FieldKind::Keyword { ignore_above: 8191 };
+    let source = match path {
+        "event.dataset" | "data_stream.dataset" => Source::Dataset,
+        "event.provider" => Source::Path(&["eventSource"]),
+        "event.id" => Source::Path(&["eventID"]),
+        "event.action" => Source::Rendered("eventName"),
+        "event.outcome" => Source::Outcome,
+        "cloud.region" => Source::Path(&["awsRegion"]),
+        "source.address" => Source::Path(&["sourceIPAddress"]),
+        "source.ip" => Source::SourceIp,
+        "user_agent.original" => Source::Path(&["userAgent"]),
+        "user.name" => Source::UserName,
+        "user.id" => Source::UserId,
+        "cloud.account.id" => Source::AccountId,
+        "aws.cloudtrail.user_identity.type" => Source::Path(&["userIdentity", "type"]),
+        "aws.cloudtrail.user_identity.arn" => Source::Path(&["userIdentity", "arn"]),
+        "aws.cloudtrail.user_identity.access_key_id" => {
+            Source::Path(&["userIdentity", "accessKeyId"])
+        }
+        "aws.cloudtrail.user_identity.invoked_by" => Source::Path(&["userIdentity", "invokedBy"]),
+        "aws.cloudtrail.user_identity.session_context.session_issuer.principal_id" => {
+            Source::Path(&["userIdentity", "sessionContext", "sessionIssuer", "principalId"])
+        }
+        "aws.cloudtrail.user_identity.session_context.session_issuer.arn" => {
+            Source::Path(&["userIdentity", "sessionContext", "sessionIssuer", "arn"])
+        }
+        "aws.cloudtrail.user_identity.session_context.session_issuer.account_id" => {
+            Source::Path(&["userIdentity", "sessionContext", "sessionIssuer", "accountId"])
+        }
+        "aws.cloudtrail.user_identity.session_context.session_issuer.type" => {
+            Source::Path(&["userIdentity", "sessionContext", "sessionIssuer", "type"])
+        }
+        "aws.cloudtrail.error_code" => Source::Path(&["errorCode"]),
+        "aws.cloudtrail.error_message" => Source::Path(&["errorMessage"]),
+        "aws.cloudtrail.event_type" => Source::Path(&["eventType"]),
+        "aws.cloudtrail.event_category" => Source::Path(&["eventCategory"]),
+        "aws.cloudtrail.recipient_account_id" => Source::Path(&["recipientAccountId"]),
+        "aws.cloudtrail.request_id" => Source::Path(&["requestID"]),
+        "aws.cloudtrail.management_event" => Source::Path(&["managementEvent"]),
+        "aws.cloudtrail.read_only" => return Ok((FieldKind::Boolean, Source::Path(&["readOnly"]))),
+        "aws.cloudtrail.request_parameters" | "aws.cloudtrail.response_elements" => {
+            return Ok((long_keyword, Source::Unknown))
+        }
+        _ => Source::Unknown,
+    };
+    Ok((keyword, source))
+}
+
+/// A compiled condition on one field.
+#[derive(Clone, Debug)]
+enum Test {
+    Exists,
+    Exact(String),
+    Wildcard(Pattern),
+}
+
+/// A rule's boolean program over the rule set's fields.
+#[derive(Clone, Debug)]
+enum Expr {
+    Or(Vec<Expr>),
+    And(Vec<Expr>),
+    Not(Box<Expr>),
+    Pred(usize, Test),
+}
+
+/// One field the rule set reads.
+#[derive(Clone, Debug)]
+struct Field {
+    path: String,
+    kind: FieldKind,
+    source: Source,
+}
+
+/// Rules compiled together: the union of the fields they read (each probed once per document)
+/// and one boolean program per rule. Immutable and `Sync`: threads share one.
+#[derive(Clone, Debug)]
+pub struct RuleSet {
+    fields: Vec<Field>,
+    exprs: Vec<Expr>,
+    /// `event.dataset` and `data_stream.dataset` among the fields (envelopes need them).
+    dataset_fields: [usize; 2],
+    /// The roots of the flattened fields among the fields: their limits hold whatever the rules
+    /// read.
+    flattened_roots: Vec<usize>,
+    assume_dataset: Option<String>,
+}
+
+impl RuleSet {
+    /// Compiles parsed queries, in order; a query that reads a refused field is an error naming
+    /// it, with the query's index. `assume_dataset` declares the stream's dataset (RULE.md
+    /// section 4) for documents without one.
+    pub fn new(
+        queries: &[Query],
+        assume_dataset: Option<String>,
+    ) -> Result<RuleSet, (usize, String)> {
+        let mut set = RuleSet {
+            fields: Vec::new(),
+            exprs: Vec::new(),
+            dataset_fields: [0, 0],
+            flattened_roots: Vec::new(),
+            assume_dataset,
+        };
+        let mapped = |set: &mut RuleSet, path| set.field_index(path).expect("a mapped field");
+        set.dataset_fields =
+            [mapped(&mut set, "event.dataset"), mapped(&mut set, "data_stream.dataset")];
+        set.flattened_roots = FLATTENED.iter().map(|(root, _)| mapped(&mut set, root)).collect();
+        for (n, q) in queries.iter().enumerate() {
+            let expr = set.compile(q).map_err(|e| (n, e))?;
+            set.exprs.push(expr);
+        }
+        Ok(set)
+    }
+
+    /// How many rules.
+    pub fn len(&self) -> usize {
+        self.exprs.len()
+    }
+
+    /// Whether there are no rules.
+    pub fn is_empty(&self) -> bool {
+        self.exprs.is_empty()
+    }
+
+    /// The fields the rules read, each once (and the few every document is read for).
+    pub fn fields(&self) -> impl Iterator<Item = &str> {
+        self.fields.iter().map(|f| f.path.as_str())
+    }
+
+    /// The fields rule `rule` reads whose values raw shapes cannot tell, so that its verdict on
+    /// them may be unknown (RULES.md section 4). Flattened fields appear when the record's copy
+    /// may be skipped.
+    pub fn unknown_on_raw(&self, rule: usize) -> Vec<&str> {
+        fn walk<'a>(set: &'a RuleSet, e: &Expr, out: &mut Vec<&'a str>) {
+            match e {
+                Expr::Or(v) | Expr::And(v) => v.iter().for_each(|e| walk(set, e, out)),
+                Expr::Not(e) => walk(set, e, out),
+                Expr::Pred(f, _) => {
+                    let field = &set.fields[*f];
+                    let maybe = matches!(field.source, Source::Unknown | Source::Flattened(..));
+                    if maybe && !out.contains(&field.path.as_str()) {
+                        out.push(&field.path);
+                    }
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(self, &self.exprs[rule], &mut out);
+        out
+    }
+
+    fn field_index(&mut self, path: &str) -> Result<usize, String> {
+        if let Some(i) = self.fields.iter().position(|f| f.path == path) {
+            return Ok(i);
+        }
+        if path.len() >= usize::from(DEAD) {
+            return Err(format!("field path too long: {path}"));
+        }
+        let (kind, source) = field(path)?;
+        self.fields.push(Field { path: path.to_string(), kind, source });
+        Ok(self.fields.len() - 1)
+    }
+
+    fn compile(&mut self, q: &Query) -> Result<Expr, String> {
+        Ok(match q {
+            Query::Or(v) => Expr::Or(v.iter().map(|q| self.compile(q)).collect::<Result<_, _>>()?),
+            Query::And(v) => {
+                Expr::And(v.iter().map(|q| self.compile(q)).collect::<Result<_, _>>()?)
+            }
+            Query::Not(q) => Expr::Not(Box::new(self.compile(q)?)),
+            Query::Field(path, value) => {
+                let f = self.field_index(path)?;
+                let test = match value {
+                    Value::Exists => Test::Exists,
+                    Value::Exact(v) => Test::Exact(v.clone()),
+                    Value::Wildcard(p) => Test::Wildcard(p.clone()),
+                };
+                Expr::Pred(f, test)
+            }
+        })
+    }
+}
+
+/// A value of a field, for the length of one decision.
+#[derive(Clone, Debug)]
+enum Val {
+    /// A leaf of the tape.
+    Node(u32),
+    /// Text the pipeline makes (`aws.cloudtrail`, `success`, a lowercased value).
+    Text(String),
+}
+
+/// The values of every field of the rule set for one document or record: per field, its values,
+/// or `None` when unknown.
+#[derive(Clone, Debug, Default)]
+struct Values {
+    fields: Vec<Option<Vec<Val>>>,
+}
+
+impl Values {
+    fn reset(&mut self, n: usize) {
+        self.fields.resize_with(n, || Some(Vec::new()));
+        for f in &mut self.fields {
+            match f {
+                Some(v) => v.clear(),
+                None => *f = Some(Vec::new()),
+            }
+        }
+    }
+}
+
+/// The reusable state for deciding documents against a [`RuleSet`]: parsers, scratch, values.
+/// Holds mutable scratch space: one per thread.
+pub struct PackEvaluator {
+    outer: Parser,
+    inner: Parser,
+    keys: Vec<u32>,
+    values: Values,
+    states: Vec<u16>,
+    verdicts: Vec<Tri>,
+}
+
+impl Default for PackEvaluator {
+    fn default() -> PackEvaluator {
+        PackEvaluator::new()
+    }
+}
+
+impl std::fmt::Debug for PackEvaluator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackEvaluator").finish_non_exhaustive()
+    }
+}
+
+/// The decision on one document.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PackVerdict {
+    /// Not a document Elasticsearch would index: no rule matches.
+    Invalid,
+    /// Each rule has a verdict ([`PackEvaluator::verdicts`]); the shape it was read as.
+    Decided(Shape),
+}
+
+/// Deepest nesting of objects inside a flattened field (Elasticsearch's `depth_limit`).
+const FLATTENED_DEPTH: usize = 20;
+/// A flattened leaf whose key and value exceed this many bytes makes Elasticsearch reject the
+/// document.
+const FLATTENED_LEAF: usize = 32_766;
+
+impl PackEvaluator {
+    /// Fresh scratch space.
+    pub fn new() -> PackEvaluator {
+        PackEvaluator {
+            outer: Parser::new(),
+            inner: Parser::new(),
+            keys: Vec::new(),
+            values: Values::default(),
+            states: Vec::new(),
+            verdicts: Vec::new(),
+        }
+    }
+
+    /// The verdicts of the last [`PackEvaluator::evaluate`], one per rule, in the set's order
+    /// (all [`Tri::False`] for an invalid document).
+    pub fn verdicts(&self) -> &[Tri] {
+        &self.verdicts
+    }
+
+    /// Decides one line against every rule of `set`.
+    pub fn evaluate(&mut self, set: &RuleSet, line: &[u8]) -> PackVerdict {
+        let line = line.strip_prefix(BOM).unwrap_or(line);
+        let PackEvaluator { outer, inner, keys, values, states, verdicts } = self;
+        verdicts.clear();
+        verdicts.resize(set.exprs.len(), Tri::False);
+        let decided = outer.with_tape(line, false, |tape, encoded| {
+            if !matches!(tape.first(), Some(Node::Object { .. })) {
+                return None;
+            }
+            values.reset(set.fields.len());
+            states.clear();
+            states.resize(set.fields.len() * (crate::MAX_DEPTH + 2), 0);
+            let mut walk = Walk { tape, set, states, values, keys };
+            walk.value(0, 0, true, None).ok()?;
+            let mut ctx = Inner { inner, keys, encoded };
+            Some(decide(set, tape, values, verdicts, &mut ctx))
+        });
+        match decided.flatten() {
+            Some(shape) => PackVerdict::Decided(shape),
+            None => {
+                verdicts.iter_mut().for_each(|v| *v = Tri::False);
+                PackVerdict::Invalid
+            }
+        }
+    }
+}
+
+/// One walk of a document's tape, collecting every field's values (see [`Walk::value`]).
+struct Walk<'a, 't, 'n> {
+    tape: &'t [Node<'n>],
+    set: &'a RuleSet,
+    states: &'a mut [u16],
+    values: &'a mut Values,
+    keys: &'a mut Vec<u32>,
+}
+
+impl Walk<'_, '_, '_> {
+    /// Walks the value at `i`, recording each field's leaves, and rejecting what
+    /// Elasticsearch rejects (repeated keys; flattened leaves too long or objects too deep).
+    /// `level` picks the slice of `states` that holds the fields' matched prefix lengths at
+    /// this depth; `flat` is (object depth, key length, root field) inside a flattened field.
+    /// Returns the index just past the value.
+    fn value(
+        &mut self,
+        i: usize,
+        level: usize,
+        at_root: bool,
+        flat: Option<Flat>,
+    ) -> Result<usize, ()> {
+        let n = self.set.fields.len();
+        let tape = self.tape;
+        match tape[i] {
+            Node::Object { len, .. } => {
+                check_unique_keys(tape, i, len, self.keys).map_err(|_| ())?;
+                if flat.is_some_and(|f| f.depth > FLATTENED_DEPTH) {
+                    return Err(());
+                }
+                let mut j = i + 1;
+                for _ in 0..len {
+                    let Node::String(key) = tape[j] else { return Err(()) };
+                    let (here, next) = self.states.split_at_mut((level + 1) * n);
+                    let here = &here[level * n..];
+                    for f in 0..n {
+                        next[f] = extend(&self.set.fields[f].path, here[f], at_root, key);
+                    }
+                    let inner_flat = match flat {
+                        Some(f) => {
+                            let key_len = f.key_len + usize::from(f.key_len > 0) + key.len();
+                            Some(Flat { key_len, ..f })
+                        }
+                        None => self
+                            .set
+                            .flattened_roots
+                            .iter()
+                            .copied()
+                            .find(|&r| usize::from(next[r]) == self.set.fields[r].path.len())
+                            .map(|root| Flat { depth: 0, key_len: 0, root }),
+                    };
+                    let inner_flat = inner_flat.map(|f| match tape[j + 1] {
+                        Node::Object { .. } => Flat { depth: f.depth + 1, ..f },
+                        _ => f,
+                    });
+                    j = self.value(j + 1, level + 1, false, inner_flat)?;
+                }
+                Ok(j)
+            }
+            Node::Array { len, .. } => {
+                // Array elements stay at the same path: this level's states, one level down.
+                let (here, next) = self.states.split_at_mut((level + 1) * n);
+                next[..n].copy_from_slice(&here[level * n..]);
+                let mut j = i + 1;
+                for _ in 0..len {
+                    j = self.value(j, level + 1, at_root, flat)?;
+                }
+                Ok(j)
+            }
+            node => {
+                if let Some(f) = flat {
+                    if let Node::String(s) = node {
+                        if f.key_len + s.len() > FLATTENED_LEAF {
+                            return Err(());
+                        }
+                    }
+                    // The flattened root is searched on every leaf below it.
+                    if usize::from(self.states[level * n + f.root])
+                        != self.set.fields[f.root].path.len()
+                    {
+                        if let Some(vals) = self.values.fields[f.root].as_mut() {
+                            if !matches!(node, Node::Static(StaticNode::Null)) {
+                                vals.push(Val::Node(i as u32));
+                            }
+                        }
+                    }
+                }
+                let here = &self.states[level * n..(level + 1) * n];
+                let fields = self.set.fields.iter().zip(here).zip(&mut self.values.fields);
+                for ((field, &state), vals) in fields {
+                    if usize::from(state) == field.path.len() {
+                        if let Some(vals) = vals.as_mut() {
+                            vals.push(Val::Node(i as u32));
+                        }
+                    }
+                }
+                Ok(i + 1)
+            }
+        }
+    }
+}
+
+/// Where a walk is inside a flattened field.
+#[derive(Clone, Copy, Debug)]
+struct Flat {
+    /// Objects entered below the root.
+    depth: usize,
+    /// The length of the dotted key below the root.
+    key_len: usize,
+    /// The root's field index.
+    root: usize,
+}
+
+/// What deciding records held in strings needs.
+struct Inner<'p> {
+    inner: &'p mut Parser,
+    keys: &'p mut Vec<u32>,
+    encoded: bool,
+}
+
+/// Recognises the shape (RULE.md section 4, in order) and fills `verdicts`.
+fn decide(
+    set: &RuleSet,
+    tape: &[Node],
+    ecs: &Values,
+    verdicts: &mut [Tri],
+    inner: &mut Inner,
+) -> Shape {
+    let mut raw = Values::default();
+    // 1. A CloudTrail log file.
+    if let Some(records) = records_of(tape, 0) {
+        decide_records(set, tape, &records, &mut raw, verdicts);
+        return Shape::Records;
+    }
+    // 2. A LookupEvents response.
+    if let Some(events) = member(tape, 0, "Events") {
+        if matches!(tape[events], Node::Array { len, .. } if len > 0) {
+            let mut all = vec![Tri::False; verdicts.len()];
+            let mut one = vec![Tri::False; verdicts.len()];
+            let ok = children(tape, events).all(|event| {
+                let Some(record) = member(tape, event, "CloudTrailEvent") else { return false };
+                let ok = inner.raw(set, tape, record, &mut one);
+                all.iter_mut().zip(&one).for_each(|(a, b)| *a = a.or(*b));
+                ok
+            });
+            if ok {
+                verdicts.copy_from_slice(&all);
+                return Shape::LookupEvents;
+            }
+        }
+    }
+    // 3. EventBridge.
+    let detail_type = member(tape, 0, "detail-type").map(|i| tape[i]);
+    if detail_type == Some(Node::String(EVENTBRIDGE_DETAIL_TYPE)) {
+        if let Some(d) = member(tape, 0, "detail").filter(|&d| is_raw_record(tape, d)) {
+            raw_values(set, tape, d, &mut raw);
+            eval_all(set, tape, &raw, verdicts);
+            return Shape::EventBridge;
+        }
+    }
+    // 4. A raw record.
+    if is_raw_record(tape, 0) {
+        raw_values(set, tape, 0, &mut raw);
+        eval_all(set, tape, &raw, verdicts);
+        return Shape::Raw;
+    }
+    // 5. A shipper envelope: CloudTrail's dataset, or no dataset at all.
+    let [a, b] = set.dataset_fields.map(|f| ecs.fields[f].as_deref().unwrap_or(&[]));
+    let names =
+        |vals: &[Val]| vals.iter().any(|v| text(tape, v).as_deref() == Some(CLOUDTRAIL_DATASET));
+    let counted = |vals: &[Val]| vals.iter().any(|v| text(tape, v).is_some());
+    if names(a) || names(b) || (!counted(a) && !counted(b)) {
+        if let Some(message) = member(tape, 0, "message") {
+            if inner.envelope(set, tape, message, verdicts) {
+                return Shape::Envelope;
+            }
+        }
+    }
+    // 6. ECS.
+    let mut ecs = ecs.clone();
+    if let Some(declared) = &set.assume_dataset {
+        for f in set.dataset_fields {
+            if let Some(vals) =
+                ecs.fields[f].as_mut().filter(|v| !v.iter().any(|v| text(tape, v).is_some()))
+            {
+                vals.push(Val::Text(declared.clone()));
+            }
+        }
+    }
+    eval_all(set, tape, &ecs, verdicts);
+    Shape::Ecs
+}
+
+/// The records of a CloudTrail log file at `obj`, when it is one.
+fn records_of(tape: &[Node], obj: usize) -> Option<Vec<usize>> {
+    let records = member(tape, obj, "Records")?;
+    if !matches!(tape[records], Node::Array { len, .. } if len > 0) {
+        return None;
+    }
+    let records: Vec<usize> = children(tape, records).collect();
+    records.iter().all(|&r| is_raw_record(tape, r)).then_some(records)
+}
+
+/// Every rule on every record: a rule fires when it fires on some record (Kleene's `or`).
+fn decide_records(
+    set: &RuleSet,
+    tape: &[Node],
+    records: &[usize],
+    raw: &mut Values,
+    verdicts: &mut [Tri],
+) {
+    let mut one = vec![Tri::False; verdicts.len()];
+    verdicts.iter_mut().for_each(|v| *v = Tri::False);
+    for &r in records {
+        raw_values(set, tape, r, raw);
+        eval_all(set, tape, raw, &mut one);
+        verdicts.iter_mut().zip(&one).for_each(|(a, b)| *a = a.or(*b));
+    }
+}
+
+impl Inner<'_> {
+    /// Decides the raw record held as a string at `i`; false when it is not one.
+    fn raw(&mut self, set: &RuleSet, tape: &[Node], i: usize, verdicts: &mut [Tri]) -> bool {
+        let Node::String(text) = tape[i] else { return false };
+        let keys = &mut *self.keys;
+        self.inner
+            .with_tape(text.as_bytes(), self.encoded, |t, _| {
+                if !valid(t, keys) || !is_raw_record(t, 0) {
+                    return false;
+                }
+                let mut raw = Values::default();
+                raw_values(set, t, 0, &mut raw);
+                eval_all(set, t, &raw, verdicts);
+                true
+            })
+            .unwrap_or(false)
+    }
+
+    /// Decides the record or log file an envelope's `message` holds; false when it holds
+    /// neither.
+    fn envelope(&mut self, set: &RuleSet, tape: &[Node], i: usize, verdicts: &mut [Tri]) -> bool {
+        let Node::String(text) = tape[i] else { return false };
+        let keys = &mut *self.keys;
+        self.inner
+            .with_tape(text.as_bytes(), self.encoded, |t, _| {
+                if !valid(t, keys) {
+                    return false;
+                }
+                let mut raw = Values::default();
+                if let Some(records) = records_of(t, 0) {
+                    decide_records(set, t, &records, &mut raw, verdicts);
+                    return true;
+                }
+                if is_raw_record(t, 0) {
+                    raw_values(set, t, 0, &mut raw);
+                    eval_all(set, t, &raw, verdicts);
+                    return true;
+                }
+                false
+            })
+            .unwrap_or(false)
+    }
+}
+
+/// Whether a document inside a string is an object with no repeated key.
+fn valid(tape: &[Node], keys: &mut Vec<u32>) -> bool {
+    matches!(tape.first(), Some(Node::Object { .. }))
+        && (0..tape.len()).all(|i| match tape[i] {
+            Node::Object { len, .. } => check_unique_keys(tape, i, len, keys).is_ok(),
+            _ => true,
+        })
+}
+
+/// Every field's values for the raw record at `record`, as the pipeline would give them.
+fn raw_values(set: &RuleSet, tape: &[Node], record: usize, values: &mut Values) {
+    values.fields.clear();
+    for field in &set.fields {
+        values.fields.push(raw_field(tape, record, field));
+    }
+}
+
+/// The value at `path` below `at` (member by member, arrays flattened), leaves only, without
+/// what the pipeline removes.
+fn at_path(tape: &[Node], at: usize, path: &[&str], out: &mut Vec<Val>) {
+    match tape[at] {
+        Node::Array { .. } => children(tape, at).for_each(|c| at_path(tape, c, path, out)),
+        Node::Object { .. } => {
+            if let Some((first, rest)) = path.split_first() {
+                if let Some(v) = member(tape, at, first) {
+                    at_path(tape, v, rest, out);
+                }
+            }
+        }
+        _ if path.is_empty() && !is_removed(tape, at) => out.push(Val::Node(at as u32)),
+        _ => {}
+    }
+}
+
+fn raw_field(tape: &[Node], record: usize, field: &Field) -> Option<Vec<Val>> {
+    let mut out = Vec::new();
+    let first_string = |path: &[&str]| {
+        let mut vals = Vec::new();
+        at_path(tape, record, path, &mut vals);
+        vals.into_iter()
+            .find(|v| matches!(v, Val::Node(i) if matches!(tape[*i as usize], Node::String(_))))
+    };
+    match &field.source {
+        Source::Dataset => out.push(Val::Text(CLOUDTRAIL_DATASET.to_string())),
+        Source::Path(path) => at_path(tape, record, path, &mut out),
+        Source::Rendered(key) => {
+            if let Some(v) = member(tape, record, key) {
+                if matches!(tape[v], Node::String(s) if !crate::REMOVED_STRINGS.contains(&s)) {
+                    out.push(Val::Node(v as u32));
+                }
+            }
+        }
+        Source::Outcome => {
+            let failed = ["errorCode", "errorMessage"]
+                .iter()
+                .any(|k| member(tape, record, k).is_some_and(|v| !is_removed(tape, v)));
+            let console = member(tape, record, "eventName").map(|i| tape[i])
+                == Some(Node::String("ConsoleLogin"));
+            let login =
+                console.then(|| first_string(&["responseElements", "ConsoleLogin"])).flatten();
+            match login.and_then(|v| text(tape, &v).map(|t| t.into_owned())) {
+                Some(t) => out.push(Val::Text(t.to_lowercase())),
+                None => out.push(Val::Text(if failed { "failure" } else { "success" }.to_string())),
+            }
+        }
+        Source::SourceIp => {
+            let mut vals = Vec::new();
+            at_path(tape, record, &["sourceIPAddress"], &mut vals);
+            out.extend(
+                vals.into_iter().filter(|v| {
+                    text(tape, v).is_some_and(|t| t.parse::<std::net::IpAddr>().is_ok())
+                }),
+            );
+        }
+        Source::UserName => {
+            let kind = first_string(&["userIdentity", "type"])
+                .and_then(|v| text(tape, &v).map(|t| t.into_owned()));
+            let issuer = matches!(kind.as_deref(), Some("AssumedRole" | "FederatedUser"))
+                .then(|| {
+                    first_string(&["userIdentity", "sessionContext", "sessionIssuer", "userName"])
+                })
+                .flatten();
+            let name = issuer.or_else(|| first_string(&["userIdentity", "userName"]));
+            let auth = member(tape, record, "eventName").map(|i| tape[i])
+                == Some(Node::String("UserAuthentication"));
+            let name = name.or_else(|| {
+                auth.then(|| first_string(&["additionalEventData", "UserName"])).flatten()
+            });
+            out.extend(name);
+        }
+        Source::UserId => {
+            let kind = first_string(&["userIdentity", "type"])
+                .and_then(|v| text(tape, &v).map(|t| t.into_owned()));
+            let path: &[&str] = if kind.as_deref() == Some("IdentityCenterUser") {
+                &["userIdentity", "onBehalfOf", "userId"]
+            } else {
+                &["userIdentity", "principalId"]
+            };
+            at_path(tape, record, path, &mut out);
+        }
+        Source::AccountId => {
+            at_path(tape, record, &["userIdentity", "accountId"], &mut out);
+            if out.is_empty() {
+                at_path(tape, record, &["recipientAccountId"], &mut out);
+            }
+        }
+        Source::Flattened(member_name, rest) => {
+            let Some(root) = member(tape, record, member_name) else { return Some(out) };
+            if to_string_len(tape, root) + 256 >= FLATTENED_LEAF {
+                return None;
+            }
+            flattened_leaves(tape, root, rest, &mut out);
+        }
+        Source::Unknown => return None,
+    }
+    Some(out)
+}
+
+/// The leaves of a flattened copy of the value at `root` whose dotted key below it is `path`
+/// (dotted keys and nested objects alike, arrays flattened), without what the pipeline removes.
+fn flattened_leaves(tape: &[Node], root: usize, path: &str, out: &mut Vec<Val>) {
+    fn walk(tape: &[Node], i: usize, path: &str, pos: u16, at_root: bool, out: &mut Vec<Val>) {
+        match tape[i] {
+            Node::Object { .. } => {
+                for k in member_keys(tape, i) {
+                    let Node::String(key) = tape[k] else { continue };
+                    let next = extend(path, pos, at_root, key);
+                    if next != DEAD {
+                        walk(tape, k + 1, path, next, false, out);
+                    }
+                }
+            }
+            Node::Array { .. } => {
+                children(tape, i).for_each(|c| walk(tape, c, path, pos, at_root, out))
+            }
+            _ if usize::from(pos) == path.len() && !is_removed(tape, i) => {
+                out.push(Val::Node(i as u32))
+            }
+            _ => {}
+        }
+    }
+    if path.is_empty() {
+        // The flattened root itself: Elasticsearch searches every leaf below it.
+        all_leaves(tape, root, out);
+    } else {
+        walk(tape, root, path, 0, true, out);
+    }
+}
+
+/// Every leaf below `i`, without what the pipeline removes.
+fn all_leaves(tape: &[Node], i: usize, out: &mut Vec<Val>) {
+    match tape[i] {
+        Node::Object { .. } | Node::Array { .. } => {
+            children(tape, i).for_each(|c| all_leaves(tape, c, out))
+        }
+        _ if !is_removed(tape, i) => out.push(Val::Node(i as u32)),
+        _ => {}
+    }
+}
+
+/// The length of Java's `Map.toString()` / `List.toString()` of the value at `i` (`{k=v, ...}`,
+/// `[a, b]`), as the pipeline computes before it decides whether to keep a flattened copy.
+fn to_string_len(tape: &[Node], i: usize) -> usize {
+    match tape[i] {
+        Node::Object { len, .. } => {
+            let inner: usize = member_keys(tape, i)
+                .map(|k| match tape[k] {
+                    Node::String(key) => key.chars().count() + 1 + to_string_len(tape, k + 1),
+                    _ => 0,
+                })
+                .sum();
+            2 + inner + 2 * len.saturating_sub(1)
+        }
+        Node::Array { len, .. } => {
+            let inner: usize = children(tape, i).map(|c| to_string_len(tape, c)).sum();
+            2 + inner + 2 * len.saturating_sub(1)
+        }
+        _ => text(tape, &Val::Node(i as u32)).map_or(4, |t| t.chars().count()),
+    }
+}
+
+/// Every rule on `values`, whose nodes are leaves of `tape`.
+fn eval_all(set: &RuleSet, tape: &[Node], values: &Values, verdicts: &mut [Tri]) {
+    for (v, e) in verdicts.iter_mut().zip(&set.exprs) {
+        *v = eval(set, tape, e, values);
+    }
+}
+
+fn eval(set: &RuleSet, tape: &[Node], e: &Expr, values: &Values) -> Tri {
+    match e {
+        Expr::Or(v) => v.iter().fold(Tri::False, |acc, e| acc.or(eval(set, tape, e, values))),
+        Expr::And(v) => v.iter().fold(Tri::True, |acc, e| acc.and(eval(set, tape, e, values))),
+        Expr::Not(e) => eval(set, tape, e, values).not(),
+        Expr::Pred(f, test) => match &values.fields[*f] {
+            None => Tri::Unknown,
+            Some(vals) if vals.iter().any(|v| holds(set.fields[*f].kind, test, tape, v)) => {
+                Tri::True
+            }
+            Some(_) => Tri::False,
+        },
+    }
+}
+
+/// Whether one value of a field satisfies a test, as the field's mapping indexes it.
+fn holds(kind: FieldKind, test: &Test, tape: &[Node], v: &Val) -> bool {
+    let Some(indexed) = indexed(kind, tape, v) else { return false };
+    match test {
+        Test::Exists => true,
+        Test::Exact(want) => indexed == *want,
+        Test::Wildcard(p) => p.matches(&indexed),
+    }
+}
+
+/// What Elasticsearch indexes for a value under a field's mapping, or `None`.
+fn indexed<'t>(kind: FieldKind, tape: &'t [Node], v: &'t Val) -> Option<std::borrow::Cow<'t, str>> {
+    let t = text(tape, v)?;
+    match kind {
+        FieldKind::Keyword { ignore_above } if t.chars().count() > ignore_above => None,
+        FieldKind::Boolean => match t.as_ref() {
+            "true" | "false" => Some(t),
+            _ => None,
+        },
+        _ => Some(t),
+    }
+}
+
+/// A leaf's text: a string as it is, a number or a boolean as its text; `None` for `null`.
+fn text<'t>(tape: &'t [Node], v: &'t Val) -> Option<std::borrow::Cow<'t, str>> {
+    use std::borrow::Cow;
+    match v {
+        Val::Text(t) => Some(Cow::Borrowed(t.as_str())),
+        Val::Node(i) => match tape[*i as usize] {
+            Node::String(s) => Some(Cow::Borrowed(s)),
+            Node::Static(StaticNode::Bool(b)) => {
+                Some(Cow::Borrowed(if b { "true" } else { "false" }))
+            }
+            Node::Static(StaticNode::I64(n)) => Some(Cow::Owned(n.to_string())),
+            Node::Static(StaticNode::U64(n)) => Some(Cow::Owned(n.to_string())),
+            Node::Static(StaticNode::F64(f)) => Some(Cow::Owned(java_double(f))),
+            Node::Static(StaticNode::Null) | Node::Object { .. } | Node::Array { .. } => None,
+        },
+    }
+}
+
+/// `Double.toString` as Java (17+) writes a double: the shortest decimal that reads back the
+/// same, `d.ddd` for magnitudes from 10^-3 to 10^7 (with `.0` when integral), else `d.dddE±n`.
+/// The pipeline parses a raw record's numbers and writes them back this way.
+pub fn java_double(f: f64) -> String {
+    if f.is_nan() {
+        return "NaN".into();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { "Infinity".into() } else { "-Infinity".into() };
+    }
+    if f == 0.0 {
+        return if f.is_sign_negative() { "-0.0".into() } else { "0.0".into() };
+    }
+    if (1e-3..1e7).contains(&f.abs()) {
+        let s = format!("{f}");
+        if s.contains('.') {
+            s
+        } else {
+            s + ".0"
+        }
+    } else {
+        let s = format!("{f:e}");
+        let (mantissa, exponent) = s.split_once('e').expect("scientific notation");
+        let mantissa =
+            if mantissa.contains('.') { mantissa.to_string() } else { format!("{mantissa}.0") };
+        format!("{mantissa}E{exponent}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kql::parse;
+
+    /// The verdict of `query` on `doc`, and the shape.
+    fn judge(query: &str, doc: &str) -> (Tri, PackVerdict) {
+        let set = RuleSet::new(&[parse(query).unwrap()], None).unwrap();
+        let mut ev = PackEvaluator::new();
+        let verdict = ev.evaluate(&set, doc.as_bytes());
+        (ev.verdicts()[0], verdict)
+    }
+
+    fn t(query: &str, doc: &str) -> Tri {
+        judge(query, doc).0
+    }
+
+    #[test]
+    fn ecs_values_follow_elasticsearch() {
+        let doc = r#"{"event":{"provider":"iam.amazonaws.com","action":["X","CreateUser"]},"user_agent.original":"aws-cli/terraform","n":22,"f":22.0,"b":true,"a":{"read_only":"true"}}"#;
+        assert_eq!(
+            t("event.action: CreateUser and event.provider: iam.amazonaws.com", doc),
+            Tri::True
+        );
+        assert_eq!(t("user_agent.original: *terraform*", doc), Tri::True);
+        assert_eq!(t("not user_agent.original: (*pulumi* or *ansible*)", doc), Tri::True);
+        assert_eq!(t("n: 22 and f: 22.0 and not f: 22 and b: true", doc), Tri::True);
+        assert_eq!(t("event.provider: *", doc), Tri::True);
+        assert_eq!(t("missing: *", doc), Tri::False);
+        assert_eq!(t("not missing: x", doc), Tri::True, "not holds when the field is absent");
+        assert_eq!(t("event.action: createuser", doc), Tri::False, "case-sensitive");
+    }
+
+    #[test]
+    fn long_strings_are_not_indexed() {
+        let long = "x".repeat(1025);
+        let doc = format!(
+            r#"{{"user.name":"{long}","aws":{{"cloudtrail":{{"request_parameters":"{long}"}}}}}}"#
+        );
+        assert_eq!(t("user.name: *", &doc), Tri::False, "over 1024: not indexed");
+        assert_eq!(t("aws.cloudtrail.request_parameters: *xx*", &doc), Tri::True, "8191 here");
+    }
+
+    #[test]
+    fn raw_records_map_as_the_pipeline_does() {
+        let raw = r#"{"eventSource":"sts.amazonaws.com","eventName":"AssumeRoleWithWebIdentity","sourceIPAddress":"1.2.3.4","userIdentity":{"type":"AssumedRole","userName":"u","sessionContext":{"sessionIssuer":{"userName":"issuer"}}},"requestParameters":{"ipPermissions":{"items":[{"fromPort":22}]}},"readOnly":false}"#;
+        assert_eq!(
+            judge("event.provider: sts.amazonaws.com", raw).1,
+            PackVerdict::Decided(Shape::Raw)
+        );
+        assert_eq!(
+            t("data_stream.dataset: aws.cloudtrail and event.outcome: success", raw),
+            Tri::True
+        );
+        assert_eq!(t("user.name: issuer", raw), Tri::True, "the session issuer overrides");
+        assert_eq!(t("source.ip: * and source.address: 1.2.3.4", raw), Tri::True);
+        assert_eq!(
+            t("aws.cloudtrail.flattened.request_parameters.ipPermissions.items.fromPort: 22", raw),
+            Tri::True
+        );
+        assert_eq!(t("aws.cloudtrail.read_only: false", raw), Tri::True);
+        assert_eq!(t("source.as.organization.name: Amazon*", raw), Tri::Unknown, "GeoIP");
+        assert_eq!(t("not source.as.organization.name: Amazon*", raw), Tri::Unknown);
+        assert_eq!(
+            t("event.provider: x and source.as.organization.name: y", raw),
+            Tri::False,
+            "false and unknown"
+        );
+        assert_eq!(
+            t("event.provider: sts.amazonaws.com or source.as.organization.name: y", raw),
+            Tri::True
+        );
+    }
+
+    #[test]
+    fn raw_numbers_are_written_back_as_java_does() {
+        let raw = r#"{"eventSource":"s","eventName":"e","requestParameters":{"a":1e2,"b":1.50,"c":1e-7,"d":7}}"#;
+        for (q, want) in [
+            ("a: 100.0", Tri::True),
+            ("b: 1.5", Tri::True),
+            ("c: 1.0E-7", Tri::True),
+            ("d: 7", Tri::True),
+            ("a: 1e2", Tri::False),
+        ] {
+            let q = format!("aws.cloudtrail.flattened.request_parameters.{q}");
+            assert_eq!(t(&q, raw), want, "{q}");
+        }
+        assert_eq!(java_double(12345678.0), "1.2345678E7");
+        assert_eq!(java_double(0.001), "0.001");
+        assert_eq!(java_double(0.0001), "1.0E-4");
+    }
+
+    #[test]
+    fn console_login_outcome_and_removed_values() {
+        let login = r#"{"eventSource":"signin.amazonaws.com","eventName":"ConsoleLogin","responseElements":{"ConsoleLogin":"Failure"}}"#;
+        assert_eq!(t("event.outcome: failure", login), Tri::True);
+        let dash = r#"{"eventSource":"s","eventName":"e","errorCode":"-","userAgent":"none"}"#;
+        assert_eq!(t("event.outcome: success and not user_agent.original: *", dash), Tri::True);
+        let array = r#"{"eventSource":"s","eventName":["e"]}"#;
+        assert_eq!(t("event.action: *", array), Tri::False, "a rendered array equals nothing");
+    }
+
+    #[test]
+    fn containers_fire_when_a_record_fires() {
+        let file = r#"{"Records":[{"eventSource":"a","eventName":"x"},{"eventSource":"b","eventName":"y"}]}"#;
+        assert_eq!(
+            judge("event.provider: b", file),
+            (Tri::True, PackVerdict::Decided(Shape::Records))
+        );
+        assert_eq!(t("event.provider: c", file), Tri::False);
+        let envelope = format!(r#"{{"message":{}}}"#, serde_json::to_string(file).unwrap());
+        assert_eq!(
+            judge("event.provider: b", &envelope),
+            (Tri::True, PackVerdict::Decided(Shape::Envelope))
+        );
+        assert_eq!(t("source.as.organization.name: z", file), Tri::Unknown);
+    }
+
+    #[test]
+    fn flattened_limits_reject_the_document() {
+        let deep = format!(
+            r#"{{"aws":{{"cloudtrail":{{"flattened":{{"request_parameters":{}1{}}}}}}},"x":1}}"#,
+            r#"{"a":"#.repeat(21),
+            "}".repeat(21)
+        );
+        assert_eq!(judge("x: 1", &deep).1, PackVerdict::Invalid);
+        let ok = deep.replacen(r#"{"a":"#, "", 1).replacen('}', "", 1);
+        assert_eq!(judge("x: 1", &ok).0, Tri::True);
+        let long = format!(
+            r#"{{"aws.cloudtrail.flattened.response_elements":{{"k":"{}"}},"x":1}}"#,
+            "v".repeat(32_766)
+        );
+        assert_eq!(judge("x: 1", &long).1, PackVerdict::Invalid);
+        let root = r#"{"aws.cloudtrail.flattened.request_parameters":{"a":{"b":"needle"}}}"#;
+        assert_eq!(t("aws.cloudtrail.flattened.request_parameters: needle", root), Tri::True);
+    }
+
+    #[test]
+    fn refused_fields_are_named() {
+        let err =
+            RuleSet::new(&[parse("a:1").unwrap(), parse("message: x").unwrap()], None).unwrap_err();
+        assert_eq!(err, (1, "field message is analyzed text or not indexed".to_string()));
+    }
+}

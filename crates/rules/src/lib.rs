@@ -1,0 +1,292 @@
+//! Elastic detection-rules TOML files loaded into a rule pack (`../spec/RULES.md` section 1).
+//!
+//! A rule is run when `type = "query"` and `language = "kuery"`, and its query stays within the
+//! KQL subset kmsguard decides exactly. Every other rule is *refused* by name with its reason
+//! (`eql rules are not supported`, `range query (>=) at offset 42`, ...), and a refusal never
+//! stops the others.
+
+#![deny(missing_docs)]
+
+use std::path::{Path, PathBuf};
+
+use kmsguard_matcher::kql::{self, Query};
+use kmsguard_matcher::ruleset::RuleSet;
+use serde::Deserialize;
+
+/// A rule ready to run: what the alert says about it, and its parsed query.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PackRule {
+    /// `rule_id`.
+    pub id: String,
+    /// `name`.
+    pub name: String,
+    /// The tag added to `tags` of matching events: the file name without its tactic prefix,
+    /// dashes for underscores (`impact_kms_cmk_disabled.toml` gives `kms-cmk-disabled`).
+    pub tag: String,
+    /// `severity`.
+    pub severity: String,
+    /// `risk_score`.
+    pub risk_score: u64,
+    /// `author`.
+    pub author: Vec<String>,
+    /// `license`.
+    pub license: String,
+    /// `references`.
+    pub references: Vec<String>,
+    /// The whole `[[rule.threat]]` list, as JSON-ready values.
+    pub threat: Vec<Threat>,
+    /// `max_signals` (Elastic's default: 100), the rule's alert budget per window.
+    pub max_signals: u64,
+    /// The query's text.
+    pub query_text: String,
+    /// The parsed query.
+    pub query: Query,
+    /// Where it was read from.
+    pub path: PathBuf,
+}
+
+/// One entry of a rule's threat mapping.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct Threat {
+    /// `framework`, e.g. `MITRE ATT&CK`.
+    pub framework: String,
+    /// `tactic`.
+    pub tactic: Entry,
+    /// `technique` (with their `subtechnique`s).
+    #[serde(default)]
+    pub technique: Vec<Technique>,
+}
+
+/// A tactic, technique or subtechnique.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct Entry {
+    /// `id`, such as `TA0040`.
+    pub id: String,
+    /// `name`.
+    pub name: String,
+    /// `reference`.
+    pub reference: String,
+}
+
+/// A technique and its subtechniques.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct Technique {
+    /// `id`, `name`, `reference`.
+    #[serde(flatten)]
+    pub entry: Entry,
+    /// `subtechnique`.
+    #[serde(default)]
+    pub subtechnique: Vec<Entry>,
+}
+
+/// A rule file that is not run, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    /// The file.
+    pub path: PathBuf,
+    /// The rule's name, when the file got that far.
+    pub name: Option<String>,
+    /// Why, in a few words.
+    pub reason: String,
+}
+
+/// What loading gave: the rules to run and the files refused, each in path order.
+#[derive(Clone, Debug, Default)]
+pub struct Loaded {
+    /// Rules to run.
+    pub rules: Vec<PackRule>,
+    /// Files refused.
+    pub refused: Vec<Refused>,
+}
+
+#[derive(Deserialize)]
+struct File {
+    rule: RuleToml,
+}
+
+#[derive(Deserialize)]
+struct RuleToml {
+    rule_id: String,
+    name: String,
+    #[serde(rename = "type")]
+    kind: String,
+    language: Option<String>,
+    query: Option<String>,
+    #[serde(default)]
+    severity: String,
+    #[serde(default)]
+    risk_score: u64,
+    #[serde(default)]
+    author: Vec<String>,
+    #[serde(default)]
+    license: String,
+    #[serde(default)]
+    references: Vec<String>,
+    #[serde(default)]
+    threat: Vec<Threat>,
+    max_signals: Option<u64>,
+}
+
+/// Loads rule files, and directories of them (their `*.toml` files, in path order).
+pub fn load(paths: &[PathBuf]) -> Loaded {
+    let mut loaded = Loaded::default();
+    for path in paths {
+        let files = if path.is_dir() {
+            let mut files: Vec<PathBuf> = match std::fs::read_dir(path) {
+                Ok(entries) => entries
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|e| e == "toml") && p.is_file())
+                    .collect(),
+                Err(e) => {
+                    loaded.refused.push(Refused {
+                        path: path.clone(),
+                        name: None,
+                        reason: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            files.sort();
+            files
+        } else {
+            vec![path.clone()]
+        };
+        for file in files {
+            match load_file(&file) {
+                Ok(rule) => loaded.rules.push(rule),
+                Err(refused) => loaded.refused.push(refused),
+            }
+        }
+    }
+    loaded
+}
+
+/// Loads one rule file.
+pub fn load_file(path: &Path) -> Result<PackRule, Refused> {
+    let refuse = |name: Option<&str>, reason: String| Refused {
+        path: path.to_path_buf(),
+        name: name.map(str::to_string),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| refuse(None, e.to_string()))?;
+    let file: File = toml::from_str(&text)
+        .map_err(|e| refuse(None, format!("not a rule file: {}", e.message())))?;
+    let r = file.rule;
+    let name = Some(r.name.as_str());
+    match (r.kind.as_str(), r.language.as_deref()) {
+        ("query", Some("kuery")) => {}
+        ("query", Some(other)) => {
+            return Err(refuse(name, format!("{other} queries are not supported")))
+        }
+        ("machine_learning", _) => {
+            return Err(refuse(name, "machine_learning rules are not supported".into()))
+        }
+        (kind, _) => return Err(refuse(name, format!("{kind} rules are not supported"))),
+    }
+    let query_text = r.query.unwrap_or_default();
+    let query = kql::parse(&query_text).map_err(|e| refuse(name, e.to_string()))?;
+    // A field the rule may not read is refused here too, not at run time.
+    RuleSet::new(std::slice::from_ref(&query), None).map_err(|(_, e)| refuse(name, e))?;
+    Ok(PackRule {
+        tag: tag_of(path),
+        id: r.rule_id,
+        name: r.name,
+        severity: r.severity,
+        risk_score: r.risk_score,
+        author: r.author,
+        license: r.license,
+        references: r.references,
+        threat: r.threat,
+        max_signals: r.max_signals.unwrap_or(100),
+        query_text,
+        query,
+        path: path.to_path_buf(),
+    })
+}
+
+/// The MITRE ATT&CK tactics detection-rules names its files after.
+const TACTICS: [&str; 14] = [
+    "collection",
+    "command_and_control",
+    "credential_access",
+    "defense_evasion",
+    "discovery",
+    "execution",
+    "exfiltration",
+    "impact",
+    "initial_access",
+    "lateral_movement",
+    "persistence",
+    "privilege_escalation",
+    "reconnaissance",
+    "resource_development",
+];
+
+/// A rule's tag: its file name without the tactic prefix, dashes for underscores.
+pub fn tag_of(path: &Path) -> String {
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = TACTICS
+        .iter()
+        .find_map(|t| stem.strip_prefix(t).and_then(|rest| rest.strip_prefix('_')))
+        .unwrap_or(&stem);
+    stem.replace('_', "-")
+}
+
+/// Compiles loaded rules into one [`RuleSet`] (fields shared, one program per rule).
+pub fn compile(rules: &[PackRule], assume_dataset: Option<String>) -> RuleSet {
+    let queries: Vec<Query> = rules.iter().map(|r| r.query.clone()).collect();
+    RuleSet::new(&queries, assume_dataset).expect("each rule compiled alone when it was loaded")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn loads_query_rules_and_refuses_the_rest_by_reason() {
+        let dir = std::env::temp_dir().join(format!("kmsguard-rules-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let rule = |kind: &str, language: &str, query: &str| {
+            format!(
+                "[metadata]\ncreation_date = \"2020/01/01\"\n\n[rule]\nrule_id = \"id\"\nname = \"N\"\ntype = \"{kind}\"\nlanguage = \"{language}\"\nseverity = \"low\"\nrisk_score = 21\nauthor = [\"Elastic\"]\nlicense = \"Elastic License v2\"\nquery = '''\n{query}\n'''\n\n[[rule.threat]]\nframework = \"MITRE ATT&CK\"\n[rule.threat.tactic]\nid = \"TA0040\"\nname = \"Impact\"\nreference = \"https://attack.mitre.org/tactics/TA0040/\"\n[[rule.threat.technique]]\nid = \"T1485\"\nname = \"Data Destruction\"\nreference = \"https://attack.mitre.org/techniques/T1485/\"\n"
+            )
+        };
+        write(&dir, "impact_a_good_rule.toml", &rule("query", "kuery", "event.action: X"));
+        write(&dir, "b_eql.toml", &rule("eql", "eql", "any where true"));
+        write(&dir, "c_range.toml", &rule("query", "kuery", "a: 1 and b >= 2"));
+        write(&dir, "d_text.toml", &rule("query", "kuery", "message: x"));
+        write(&dir, "e_broken.toml", "[rule\n");
+        write(&dir, "notes.txt", "not a rule");
+        let loaded = load(std::slice::from_ref(&dir));
+        assert_eq!(loaded.rules.len(), 1);
+        let r = &loaded.rules[0];
+        assert_eq!((r.tag.as_str(), r.risk_score, r.max_signals), ("a-good-rule", 21, 100));
+        assert_eq!(r.threat[0].technique[0].entry.id, "T1485");
+        let reasons: Vec<&str> = loaded.refused.iter().map(|r| r.reason.as_str()).collect();
+        assert_eq!(reasons[0], "eql rules are not supported");
+        assert_eq!(reasons[1], "range query (>=) at offset 11");
+        assert_eq!(reasons[2], "field message is analyzed text or not indexed");
+        assert!(reasons[3].starts_with("not a rule file"), "{}", reasons[3]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn tags_drop_the_tactic() {
+        let tag = |p: &str| tag_of(Path::new(p));
+        assert_eq!(
+            tag("rules/impact_kms_cmk_disabled_or_scheduled_for_deletion.toml"),
+            "kms-cmk-disabled-or-scheduled-for-deletion"
+        );
+        assert_eq!(
+            tag("defense_evasion_cloudtrail_logging_deleted.toml"),
+            "cloudtrail-logging-deleted"
+        );
+        assert_eq!(tag("other_rule.toml"), "other-rule");
+    }
+}
