@@ -23,3 +23,5 @@ mod fluentbit;
 // The inputs users hold: gzip and zstd, trees, pretty JSON, LookupEvents, Vector aws_s3 events,
 // ECS without a dataset; warnings and hunting options.
 mod inputs;
+// Rule packs: Elastic's TOML rules loaded with --rules, alerts per rule, budgets, SIGHUP.
+mod rules;

@@ -21,13 +21,30 @@ A closed stdout (a downstream `head`) ends the run quietly with status 0.";
 /// Detects the Elastic rule "AWS KMS Customer Managed Key Disabled or Scheduled for Deletion"
 /// in NDJSON CloudTrail events (ECS documents, raw records, EventBridge events, S3 log files,
 /// LookupEvents responses and shipper envelopes), inline, and filters or tags the matches.
-#[derive(Debug, Parser)]
+#[derive(Clone, Debug, Parser)]
 #[command(name = "kmsguard", version, after_help = AFTER_HELP)]
 pub struct Args {
     /// Input files and directories (walked recursively, in path order); `-` or none reads
     /// standard input. gzip and zstd input is recognised by its first bytes and decompressed.
     #[arg(value_name = "PATH")]
     pub files: Vec<PathBuf>,
+
+    /// Run Elastic detection rules from these TOML files or directories of them (the option
+    /// repeats) instead of the built-in rule: every query rule in KQL that kmsguard decides
+    /// exactly, all in one pass. The others are refused with their reason (--list-rules). SIGHUP
+    /// reloads the files; a set that fails to load leaves the running one in place.
+    #[arg(long = "rules", value_name = "PATH", conflicts_with_all = ["tag", "dataset_field", "shapes"])]
+    pub rules: Vec<PathBuf>,
+
+    /// Print one line per rule file of --rules and exit: `loaded` with the rule's tag, the fields
+    /// it reads and whether raw CloudTrail shapes can decide it, or `refused` with the reason.
+    /// `kmsguard rules check PATH...` is the same.
+    #[arg(long, requires = "rules")]
+    pub list_rules: bool,
+
+    /// With --rules: a refused rule file is an error (exit status 2), not a warning.
+    #[arg(long, requires = "rules")]
+    pub strict: bool,
 
     /// filter: only matching events come out, enriched. tag: every line comes out in order,
     /// unchanged byte for byte unless it matches, in which case it is enriched.
@@ -74,9 +91,10 @@ pub struct Args {
 
     /// Enrich at most N alerts per --alert-window, as Elastic caps a rule at max_signals (100)
     /// per execution. Matches over the budget are counted, announced by one stderr line per
-    /// window, and treated as non-matching: unchanged in tag mode, dropped in filter mode.
+    /// window, and treated as non-matching: unchanged in tag mode, dropped in filter mode. With
+    /// --rules each rule has its own budget; `max-signals` makes it the rule's own max_signals.
     #[arg(long, value_name = "N")]
-    pub max_alerts: Option<u64>,
+    pub max_alerts: Option<MaxAlerts>,
 
     /// The alert budget's window in wall-clock seconds (default 600, the rule's interval).
     #[arg(long, value_name = "SECONDS", default_value_t = 600, requires = "max_alerts")]
@@ -221,6 +239,29 @@ pub fn generate(kind: Generate, out: &mut dyn std::io::Write) -> std::io::Result
     }
 }
 
+/// `--max-alerts`: a number, or each rule's own `max_signals`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MaxAlerts {
+    /// At most this many per window (per rule with --rules).
+    Count(u64),
+    /// Each rule's `max_signals` (100 for the built-in rule).
+    MaxSignals,
+}
+
+impl std::str::FromStr for MaxAlerts {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<MaxAlerts, String> {
+        match s {
+            "max-signals" => Ok(MaxAlerts::MaxSignals),
+            _ => s
+                .parse()
+                .map(MaxAlerts::Count)
+                .map_err(|_| format!("`{s}` is neither a number nor `max-signals`")),
+        }
+    }
+}
+
 /// `--stats-format`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum StatsFormat {
@@ -243,6 +284,8 @@ pub enum WarnKind {
     Spanning,
     /// An --assume-dataset value that no rule clause accepts.
     AssumeDataset,
+    /// Rule files of --rules that were refused.
+    Refused,
     /// Every warning.
     All,
 }
@@ -300,6 +343,18 @@ mod tests {
             assert!(String::from_utf8(script).unwrap().contains("assume-dataset"), "{kind:?}");
         }
         assert!(long_version().contains("target: ") && long_version().contains("simd-json: "));
+    }
+
+    #[test]
+    fn rules_options() {
+        let args = Args::try_parse_from(["kmsguard", "--rules", "a", "--rules", "b", "f"]).unwrap();
+        assert_eq!(args.rules, [PathBuf::from("a"), PathBuf::from("b")]);
+        assert_eq!(args.files, [PathBuf::from("f")]);
+        assert!(Args::try_parse_from(["kmsguard", "--rules", "a", "--tag", "x"]).is_err());
+        assert!(Args::try_parse_from(["kmsguard", "--list-rules"]).is_err());
+        let args = Args::try_parse_from(["kmsguard", "--max-alerts", "max-signals"]).unwrap();
+        assert_eq!(args.max_alerts, Some(MaxAlerts::MaxSignals));
+        assert!(Args::try_parse_from(["kmsguard", "--max-alerts", "lots"]).is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::fs::File;
 use std::io::{self, BufWriter, IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use std::os::fd::AsFd;
@@ -16,10 +17,12 @@ use std::os::fd::AsFd;
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches};
 use kmsguard_matcher::{Matcher, Rule, Shapes, DATA_STREAM_DATASET, EVENT_DATASET};
-use kmsguard_transform::{line_end_after, AlertBudget, Mode, OnInvalid, Options, Transform};
+use kmsguard_transform::{
+    line_end_after, AlertBudget, Mode, OnInvalid, Options, Pack, PackHandle, Transform,
+};
 use memmap2::{Advice, Mmap, UncheckedAdvice};
 
-use crate::cli::{Args, DatasetField, ModeArg, OnInvalidArg, StatsFormat, WarnKind};
+use crate::cli::{Args, DatasetField, MaxAlerts, ModeArg, OnInvalidArg, StatsFormat, WarnKind};
 use crate::input::{Format, Input};
 use crate::output::{InputSink, Ordered, Separated};
 use crate::signal::StopOnSignal;
@@ -27,7 +30,7 @@ use crate::signal::StopOnSignal;
 fn main() -> ExitCode {
     // Computed once per run (it detects the CPU), so leaking it is what `'static` costs.
     let version: &'static str = Box::leak(cli::long_version().into_boxed_str());
-    let matches = Args::command().long_version(version).get_matches();
+    let matches = Args::command().long_version(version).get_matches_from(rules_check_alias());
     let args = match Args::from_arg_matches(&matches) {
         Ok(args) => args,
         Err(e) => e.exit(),
@@ -56,6 +59,26 @@ fn main() -> ExitCode {
     }
 }
 
+/// The command line, with `kmsguard rules check PATH...` spelled as `--list-rules --rules
+/// PATH...` (to read a file named `rules`, write `./rules`).
+fn rules_check_alias() -> Vec<std::ffi::OsString> {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    match args.get(1..3) {
+        Some([a, b]) if a == "rules" && b == "check" => {
+            let mut out = vec![args[0].clone(), "--list-rules".into()];
+            for path in &args[3..] {
+                out.push("--rules".into());
+                out.push(path.clone());
+            }
+            out
+        }
+        _ => args,
+    }
+}
+
+/// The rule pack of `--rules`, loaded once by [`run`] and replaced on SIGHUP.
+static PACK: OnceLock<Arc<PackHandle>> = OnceLock::new();
+
 /// Whether a `BrokenPipe` I/O error is anywhere in the chain (a transform error names its I/O
 /// error as its source, so the chain reaches it).
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
@@ -74,6 +97,10 @@ fn rule(args: &Args) -> Rule {
 }
 
 fn build(args: &Args) -> Transform {
+    let options = options(args);
+    if let Some(pack) = PACK.get() {
+        return Transform::with_pack(Arc::clone(pack), options);
+    }
     let rule = rule(args);
     let shapes = args.shapes.as_deref().map_or_else(Shapes::all, Shapes::of);
     let matcher = Matcher::builder()
@@ -81,7 +108,12 @@ fn build(args: &Args) -> Transform {
         .shapes(shapes)
         .assume_dataset(args.assume_dataset.clone())
         .build();
-    let options = Options {
+    Transform::new(matcher, options)
+}
+
+/// The transform's options from the command line.
+fn options(args: &Args) -> Options {
+    Options {
         mode: match args.mode {
             ModeArg::Filter => Mode::Filter,
             ModeArg::Tag => Mode::Tag,
@@ -98,12 +130,15 @@ fn build(args: &Args) -> Transform {
         explain: args.explain,
         wrap_invalid: args.wrap_invalid,
         alert_budget: args.max_alerts.map(|max| AlertBudget {
-            max,
+            max: match max {
+                MaxAlerts::Count(n) => n,
+                MaxAlerts::MaxSignals => 100,
+            },
             window: std::time::Duration::from_secs(args.alert_window),
         }),
+        max_signals: args.max_alerts == Some(MaxAlerts::MaxSignals),
         ..Options::default()
-    };
-    Transform::new(matcher, options)
+    }
 }
 
 /// When `fd` is a pipe (stdin, or a named pipe given as a file), asks the kernel for a 1 MiB pipe buffer instead of 64 KiB, so a fast
@@ -513,7 +548,30 @@ fn work(
 fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let start = Instant::now();
     let silenced = |kind| args.no_warn.contains(&kind) || args.no_warn.contains(&WarnKind::All);
-    if let Some(dataset) = &args.assume_dataset {
+    if !args.rules.is_empty() {
+        let loaded = kmsguard_rules::load(&args.rules);
+        if args.list_rules {
+            return list_rules(args, &loaded);
+        }
+        if let Err(why) = accept(args, &loaded) {
+            eprintln!("kmsguard: {why}");
+            return Ok(ExitCode::from(2));
+        }
+        if !loaded.refused.is_empty() && !silenced(WarnKind::Refused) {
+            let first = &loaded.refused[0];
+            eprintln!(
+                "kmsguard: warning: {} rules loaded, {} rule files refused (the first: {}: {}); \
+                 --list-rules says why for each (--no-warn refused)",
+                loaded.rules.len(),
+                loaded.refused.len(),
+                first.path.display(),
+                first.reason
+            );
+        }
+        let pack = Pack::new(&loaded.rules, args.assume_dataset.clone());
+        let handle = PACK.get_or_init(|| PackHandle::new(pack));
+        signal::on_hangup(reload_on_hangup(args.clone(), Arc::clone(handle)));
+    } else if let Some(dataset) = &args.assume_dataset {
         let rule = rule(args);
         let accepted = rule.dataset_clause().is_some_and(|c| c.terms.contains(&dataset.as_str()));
         if !accepted && !silenced(WarnKind::AssumeDataset) {
@@ -571,6 +629,104 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(128 + sig as u8));
     }
     Ok(exit_code(args, &outcome))
+}
+
+/// Whether a loaded rule set may run: some rule loaded, and, under `--strict`, none refused.
+fn accept(args: &Args, loaded: &kmsguard_rules::Loaded) -> Result<(), String> {
+    if loaded.rules.is_empty() {
+        let refused = match loaded.refused.first() {
+            Some(r) => format!(
+                " ({} refused; the first: {}: {})",
+                loaded.refused.len(),
+                r.path.display(),
+                r.reason
+            ),
+            None => String::new(),
+        };
+        return Err(format!("no rule loaded from --rules{refused}"));
+    }
+    if let (true, Some(first)) = (args.strict, loaded.refused.first()) {
+        return Err(format!(
+            "{} rule files refused (--strict); the first: {}: {}",
+            loaded.refused.len(),
+            first.path.display(),
+            first.reason
+        ));
+    }
+    Ok(())
+}
+
+/// `--list-rules`: one line per rule file on stdout, a summary on stderr.
+fn list_rules(args: &Args, loaded: &kmsguard_rules::Loaded) -> anyhow::Result<ExitCode> {
+    let set = kmsguard_rules::compile(&loaded.rules, None);
+    let mut out = io::stdout().lock();
+    let mut lines: Vec<(&std::path::Path, String)> = Vec::new();
+    for (n, rule) in loaded.rules.iter().enumerate() {
+        let unknown = set.unknown_on_raw(n);
+        let raw = if unknown.is_empty() {
+            "raw=decided".to_string()
+        } else {
+            format!("raw=may-be-unknown({})", unknown.join(","))
+        };
+        let fields = set.rule_fields(n).join(",");
+        lines.push((
+            &rule.path,
+            format!("loaded\t{}\t{}\tfields={fields}\t{raw}", rule.path.display(), rule.tag),
+        ));
+    }
+    for r in &loaded.refused {
+        lines.push((&r.path, format!("refused\t{}\t{}", r.path.display(), r.reason)));
+    }
+    lines.sort_by(|a, b| a.0.cmp(b.0));
+    for (_, line) in &lines {
+        writeln!(out, "{line}")?;
+    }
+    out.flush()?;
+    let mut reasons: std::collections::BTreeMap<&str, usize> = Default::default();
+    for r in &loaded.refused {
+        *reasons.entry(r.reason.as_str()).or_default() += 1;
+    }
+    let reasons: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
+    eprintln!(
+        "kmsguard: {} rules loaded, {} refused{}{}",
+        loaded.rules.len(),
+        loaded.refused.len(),
+        if reasons.is_empty() { "" } else { ": " },
+        reasons.join("; ")
+    );
+    Ok(if args.strict && !loaded.refused.is_empty() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// What SIGHUP does with `--rules`: loads the files again and, when the new set is sound (some
+/// rule loads; no file is broken or holds a query kmsguard cannot run; under `--strict`, none is
+/// refused), puts it in force for every thread's next buffer. Otherwise the running set stays
+/// and stderr says why.
+fn reload_on_hangup(args: Args, handle: Arc<PackHandle>) -> impl Fn() + Send + 'static {
+    move || {
+        let loaded = kmsguard_rules::load(&args.rules);
+        let broken = loaded.refused.iter().find(|r| !r.unsupported);
+        let verdict = accept(&args, &loaded).and_then(|()| match broken {
+            Some(r) => Err(format!("{}: {}", r.path.display(), r.reason)),
+            None => Ok(()),
+        });
+        match verdict {
+            Ok(()) => {
+                handle.replace(Pack::new(&loaded.rules, args.assume_dataset.clone()));
+                eprintln!(
+                    "kmsguard: SIGHUP: {} rules loaded, {} refused; in force from the next buffer",
+                    loaded.rules.len(),
+                    loaded.refused.len()
+                );
+            }
+            Err(why) => {
+                eprintln!("kmsguard: SIGHUP: rules not reloaded, the running set stays: {why}")
+            }
+        }
+    }
 }
 
 /// The exit status: 0 when every input was read, 1 when --on-invalid fail stopped, 2 after an

@@ -30,6 +30,38 @@ pub fn install() {
     }
 }
 
+/// Set by SIGHUP, cleared by the thread that reloads.
+static HANGUP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_hangup_signal(_: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    HANGUP.store(true, Ordering::Relaxed);
+}
+
+/// Runs `reload` on a background thread after each SIGHUP (checked every 100 ms; signals that
+/// arrive during a reload make one more). The handler does not stop the run, and, installed
+/// with `SA_RESTART`, does not interrupt reads.
+pub fn on_hangup(reload: impl Fn() + Send + 'static) {
+    // SAFETY: as in `install`: a filled `struct sigaction` that lives for the call, and a
+    // handler that only performs an atomic store.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_hangup_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGHUP, &action, std::ptr::null_mut());
+    }
+    std::thread::Builder::new()
+        .name("kmsguard-reload".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(100));
+            if HANGUP.swap(false, Ordering::Relaxed) {
+                reload();
+            }
+        })
+        .expect("spawn the reload thread");
+}
+
 /// The signal that asked the run to stop, if any.
 pub fn received() -> Option<i32> {
     match RECEIVED.load(Ordering::Relaxed) {

@@ -39,6 +39,7 @@ mod eval;
 mod explain;
 pub mod kql;
 mod normalize;
+pub mod packfilter;
 mod prefilter;
 mod rule;
 pub mod ruleset;

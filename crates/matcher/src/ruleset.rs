@@ -179,7 +179,7 @@ pub fn field(path: &str) -> Result<(FieldKind, Source), String> {
 
 /// A compiled condition on one field.
 #[derive(Clone, Debug)]
-enum Test {
+pub(crate) enum Test {
     Exists,
     Exact(String),
     Wildcard(Pattern),
@@ -187,7 +187,7 @@ enum Test {
 
 /// A rule's boolean program over the rule set's fields.
 #[derive(Clone, Debug)]
-enum Expr {
+pub(crate) enum Expr {
     Or(Vec<Expr>),
     And(Vec<Expr>),
     Not(Box<Expr>),
@@ -252,31 +252,46 @@ impl RuleSet {
         self.exprs.is_empty()
     }
 
+    /// The rules' boolean programs, in order.
+    pub(crate) fn exprs(&self) -> &[Expr] {
+        &self.exprs
+    }
+
+    /// Field `f`'s path and raw source.
+    pub(crate) fn field_source(&self, f: usize) -> (&str, &Source) {
+        (&self.fields[f].path, &self.fields[f].source)
+    }
+
     /// The fields the rules read, each once (and the few every document is read for).
     pub fn fields(&self) -> impl Iterator<Item = &str> {
         self.fields.iter().map(|f| f.path.as_str())
+    }
+
+    /// The fields rule `rule` reads, each once, in the order its query names them.
+    pub fn rule_fields(&self, rule: usize) -> Vec<&str> {
+        fn walk(e: &Expr, out: &mut Vec<usize>) {
+            match e {
+                Expr::Or(v) | Expr::And(v) => v.iter().for_each(|e| walk(e, out)),
+                Expr::Not(e) => walk(e, out),
+                Expr::Pred(f, _) if !out.contains(f) => out.push(*f),
+                Expr::Pred(..) => {}
+            }
+        }
+        let mut fields = Vec::new();
+        walk(&self.exprs[rule], &mut fields);
+        fields.into_iter().map(|f| self.fields[f].path.as_str()).collect()
     }
 
     /// The fields rule `rule` reads whose values raw shapes cannot tell, so that its verdict on
     /// them may be unknown (RULES.md section 4). Flattened fields appear when the record's copy
     /// may be skipped.
     pub fn unknown_on_raw(&self, rule: usize) -> Vec<&str> {
-        fn walk<'a>(set: &'a RuleSet, e: &Expr, out: &mut Vec<&'a str>) {
-            match e {
-                Expr::Or(v) | Expr::And(v) => v.iter().for_each(|e| walk(set, e, out)),
-                Expr::Not(e) => walk(set, e, out),
-                Expr::Pred(f, _) => {
-                    let field = &set.fields[*f];
-                    let maybe = matches!(field.source, Source::Unknown | Source::Flattened(..));
-                    if maybe && !out.contains(&field.path.as_str()) {
-                        out.push(&field.path);
-                    }
-                }
-            }
-        }
-        let mut out = Vec::new();
-        walk(self, &self.exprs[rule], &mut out);
-        out
+        let unknown = |path: &str| {
+            self.fields.iter().any(|f| {
+                f.path == path && matches!(f.source, Source::Unknown | Source::Flattened(..))
+            })
+        };
+        self.rule_fields(rule).into_iter().filter(|p| unknown(p)).collect()
     }
 
     fn field_index(&mut self, path: &str) -> Result<usize, String> {
@@ -411,8 +426,9 @@ impl PackEvaluator {
             states.resize(set.fields.len() * (crate::MAX_DEPTH + 2), 0);
             let mut walk = Walk { tape, set, states, values, keys };
             walk.value(0, 0, true, None).ok()?;
+            resolve_numbers(tape, line, values, false);
             let mut ctx = Inner { inner, keys, encoded };
-            Some(decide(set, tape, values, verdicts, &mut ctx))
+            Some(decide(set, tape, line, values, verdicts, &mut ctx))
         });
         match decided.flatten() {
             Some(shape) => PackVerdict::Decided(shape),
@@ -421,6 +437,25 @@ impl PackEvaluator {
                 PackVerdict::Invalid
             }
         }
+    }
+}
+
+impl PackEvaluator {
+    /// Decides `record`, one record of a CloudTrail log file already judged valid as a whole,
+    /// as the raw record it is (never as a container of its own); false when it is not one.
+    pub fn evaluate_raw(&mut self, set: &RuleSet, record: &[u8]) -> bool {
+        let PackEvaluator { outer, values, verdicts, .. } = self;
+        verdicts.clear();
+        verdicts.resize(set.exprs.len(), Tri::False);
+        let raw = outer.with_tape(record, false, |tape, _| {
+            if !is_raw_record(tape, 0) {
+                return false;
+            }
+            raw_values(set, tape, record, 0, values);
+            eval_all(set, tape, values, verdicts);
+            true
+        });
+        raw == Some(true)
     }
 }
 
@@ -548,6 +583,7 @@ struct Inner<'p> {
 fn decide(
     set: &RuleSet,
     tape: &[Node],
+    src: &[u8],
     ecs: &Values,
     verdicts: &mut [Tri],
     inner: &mut Inner,
@@ -555,7 +591,7 @@ fn decide(
     let mut raw = Values::default();
     // 1. A CloudTrail log file.
     if let Some(records) = records_of(tape, 0) {
-        decide_records(set, tape, &records, &mut raw, verdicts);
+        decide_records(set, tape, src, &records, &mut raw, verdicts);
         return Shape::Records;
     }
     // 2. A LookupEvents response.
@@ -579,14 +615,14 @@ fn decide(
     let detail_type = member(tape, 0, "detail-type").map(|i| tape[i]);
     if detail_type == Some(Node::String(EVENTBRIDGE_DETAIL_TYPE)) {
         if let Some(d) = member(tape, 0, "detail").filter(|&d| is_raw_record(tape, d)) {
-            raw_values(set, tape, d, &mut raw);
+            raw_values(set, tape, src, d, &mut raw);
             eval_all(set, tape, &raw, verdicts);
             return Shape::EventBridge;
         }
     }
     // 4. A raw record.
     if is_raw_record(tape, 0) {
-        raw_values(set, tape, 0, &mut raw);
+        raw_values(set, tape, src, 0, &mut raw);
         eval_all(set, tape, &raw, verdicts);
         return Shape::Raw;
     }
@@ -631,6 +667,7 @@ fn records_of(tape: &[Node], obj: usize) -> Option<Vec<usize>> {
 fn decide_records(
     set: &RuleSet,
     tape: &[Node],
+    src: &[u8],
     records: &[usize],
     raw: &mut Values,
     verdicts: &mut [Tri],
@@ -638,7 +675,7 @@ fn decide_records(
     let mut one = vec![Tri::False; verdicts.len()];
     verdicts.iter_mut().for_each(|v| *v = Tri::False);
     for &r in records {
-        raw_values(set, tape, r, raw);
+        raw_values(set, tape, src, r, raw);
         eval_all(set, tape, raw, &mut one);
         verdicts.iter_mut().zip(&one).for_each(|(a, b)| *a = a.or(*b));
     }
@@ -655,7 +692,7 @@ impl Inner<'_> {
                     return false;
                 }
                 let mut raw = Values::default();
-                raw_values(set, t, 0, &mut raw);
+                raw_values(set, t, text.as_bytes(), 0, &mut raw);
                 eval_all(set, t, &raw, verdicts);
                 true
             })
@@ -674,11 +711,11 @@ impl Inner<'_> {
                 }
                 let mut raw = Values::default();
                 if let Some(records) = records_of(t, 0) {
-                    decide_records(set, t, &records, &mut raw, verdicts);
+                    decide_records(set, t, text.as_bytes(), &records, &mut raw, verdicts);
                     return true;
                 }
                 if is_raw_record(t, 0) {
-                    raw_values(set, t, 0, &mut raw);
+                    raw_values(set, t, text.as_bytes(), 0, &mut raw);
                     eval_all(set, t, &raw, verdicts);
                     return true;
                 }
@@ -697,12 +734,80 @@ fn valid(tape: &[Node], keys: &mut Vec<u32>) -> bool {
         })
 }
 
-/// Every field's values for the raw record at `record`, as the pipeline would give them.
-fn raw_values(set: &RuleSet, tape: &[Node], record: usize, values: &mut Values) {
+/// Every field's values for the raw record at `record` of `tape` (parsed from `src`), as the
+/// pipeline would give them.
+fn raw_values(set: &RuleSet, tape: &[Node], src: &[u8], record: usize, values: &mut Values) {
     values.fields.clear();
     for field in &set.fields {
         values.fields.push(raw_field(tape, record, field));
     }
+    resolve_numbers(tape, src, values, true);
+}
+
+fn is_number(node: &Node) -> bool {
+    matches!(node, Node::Static(StaticNode::I64(_) | StaticNode::U64(_) | StaticNode::F64(_)))
+}
+
+/// Replaces the numbers among `values` by the text Elasticsearch indexes for them, read from
+/// their tokens in `src` (the tape does not keep them): in an ECS document the token as written
+/// (`1e2` stays "1e2"); in a raw record the pipeline's parse written back by Java (integers as
+/// their digits, whatever their size; others as `Double.toString`).
+fn resolve_numbers(tape: &[Node], src: &[u8], values: &mut Values, raw: bool) {
+    let numeric = |v: &Val| matches!(v, Val::Node(i) if is_number(&tape[*i as usize]));
+    if !values.fields.iter().flatten().flatten().any(numeric) {
+        return;
+    }
+    let tokens = number_tokens(src);
+    let mut rank = vec![usize::MAX; tape.len()];
+    for (k, i) in (0..tape.len()).filter(|&i| is_number(&tape[i])).enumerate() {
+        rank[i] = k;
+    }
+    for v in values.fields.iter_mut().flatten().flatten() {
+        if let Val::Node(i) = *v {
+            if let Some(token) = tokens.get(rank[i as usize]) {
+                *v = Val::Text(if raw { jackson(token) } else { token.to_string() });
+            }
+        }
+    }
+}
+
+/// The number tokens of a JSON text, in order.
+fn number_tokens(src: &[u8]) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < src.len() {
+        match src[i] {
+            b'"' => {
+                i += 1;
+                while i < src.len() && src[i] != b'"' {
+                    i += if src[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < src.len()
+                    && matches!(src[i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+                {
+                    i += 1;
+                }
+                out.push(std::str::from_utf8(&src[start..i]).unwrap_or(""));
+            }
+            _ => i += 1,
+        }
+    }
+    out
+}
+
+/// A raw record's number as the pipeline indexes it: Jackson reads an integer token as an
+/// integer (a `BigInteger` when long overflows) and anything else as a double, and Java writes
+/// it back.
+fn jackson(token: &str) -> String {
+    if !token.contains(['.', 'e', 'E']) {
+        let digits = token.strip_prefix('-').unwrap_or(token);
+        return if digits.bytes().all(|b| b == b'0') { "0".to_string() } else { token.to_string() };
+    }
+    token.parse::<f64>().map_or_else(|_| token.to_string(), java_double)
 }
 
 /// The value at `path` below `at` (member by member, arrays flattened), leaves only, without
@@ -1047,6 +1152,23 @@ mod tests {
         ] {
             let q = format!("aws.cloudtrail.flattened.request_parameters.{q}");
             assert_eq!(t(&q, raw), want, "{q}");
+        }
+        let big = r#"{"eventSource":"s","eventName":"e","requestParameters":{"a":123456789012345678901234,"b":-0}}"#;
+        assert_eq!(
+            t("aws.cloudtrail.flattened.request_parameters.a: 123456789012345678901234", big),
+            Tri::True,
+            "Jackson keeps big integers"
+        );
+        assert_eq!(t("aws.cloudtrail.flattened.request_parameters.b: 0", big), Tri::True);
+        let ecs = r#"{"a":1e2,"b":-0,"c":[1.50,"x"],"s":"1e2 \" 7"}"#;
+        for (q, want) in [
+            ("a: 1e2", Tri::True),
+            ("a: 100.0", Tri::False),
+            ("b: -0", Tri::True),
+            ("c: 1.50", Tri::True),
+            ("c: 1.5", Tri::False),
+        ] {
+            assert_eq!(t(q, ecs), want, "ECS numbers are their tokens: {q}");
         }
         assert_eq!(java_double(12345678.0), "1.2345678E7");
         assert_eq!(java_double(0.001), "0.001");

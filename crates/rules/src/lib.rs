@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use kmsguard_matcher::kql::{self, Query};
 use kmsguard_matcher::ruleset::RuleSet;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// A rule ready to run: what the alert says about it, and its parsed query.
 #[derive(Clone, Debug, PartialEq)]
@@ -46,19 +46,19 @@ pub struct PackRule {
 }
 
 /// One entry of a rule's threat mapping.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Threat {
     /// `framework`, e.g. `MITRE ATT&CK`.
     pub framework: String,
     /// `tactic`.
     pub tactic: Entry,
     /// `technique` (with their `subtechnique`s).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub technique: Vec<Technique>,
 }
 
 /// A tactic, technique or subtechnique.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Entry {
     /// `id`, such as `TA0040`.
     pub id: String,
@@ -69,13 +69,13 @@ pub struct Entry {
 }
 
 /// A technique and its subtechniques.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Technique {
     /// `id`, `name`, `reference`.
     #[serde(flatten)]
     pub entry: Entry,
     /// `subtechnique`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subtechnique: Vec<Entry>,
 }
 
@@ -88,6 +88,10 @@ pub struct Refused {
     pub name: Option<String>,
     /// Why, in a few words.
     pub reason: String,
+    /// Refused only for its type or language (`eql`, `threshold`, ...): a well-formed file
+    /// kmsguard does not run. Otherwise the file is broken (unreadable, not a rule file) or is a
+    /// KQL query rule whose query kmsguard cannot run exactly.
+    pub unsupported: bool,
 }
 
 /// What loading gave: the rules to run and the files refused, each in path order.
@@ -142,6 +146,7 @@ pub fn load(paths: &[PathBuf]) -> Loaded {
                         path: path.clone(),
                         name: None,
                         reason: e.to_string(),
+                        unsupported: false,
                     });
                     continue;
                 }
@@ -167,7 +172,10 @@ pub fn load_file(path: &Path) -> Result<PackRule, Refused> {
         path: path.to_path_buf(),
         name: name.map(str::to_string),
         reason,
+        unsupported: false,
     };
+    let unsupported =
+        |name: Option<&str>, reason: String| Refused { unsupported: true, ..refuse(name, reason) };
     let text = std::fs::read_to_string(path).map_err(|e| refuse(None, e.to_string()))?;
     let file: File = toml::from_str(&text)
         .map_err(|e| refuse(None, format!("not a rule file: {}", e.message())))?;
@@ -176,12 +184,9 @@ pub fn load_file(path: &Path) -> Result<PackRule, Refused> {
     match (r.kind.as_str(), r.language.as_deref()) {
         ("query", Some("kuery")) => {}
         ("query", Some(other)) => {
-            return Err(refuse(name, format!("{other} queries are not supported")))
+            return Err(unsupported(name, format!("{other} queries are not supported")))
         }
-        ("machine_learning", _) => {
-            return Err(refuse(name, "machine_learning rules are not supported".into()))
-        }
-        (kind, _) => return Err(refuse(name, format!("{kind} rules are not supported"))),
+        (kind, _) => return Err(unsupported(name, format!("{kind} rules are not supported"))),
     }
     let query_text = r.query.unwrap_or_default();
     let query = kql::parse(&query_text).map_err(|e| refuse(name, e.to_string()))?;

@@ -98,3 +98,13 @@ fn raw_records_and_their_ecs_documents_agree_on_every_rule() {
     assert!(fired >= 3, "fired {fired}: {fired_rules:?}");
     eprintln!("{known} known verdicts agree, {unknown} unknown on raw; fired: {fired_rules:?}");
 }
+
+#[test]
+fn the_pack_prefilter_has_a_literal_for_every_rule() {
+    let Some(data) = shared_data("the_pack_prefilter_has_a_literal_for_every_rule") else { return };
+    let loaded = kmsguard_rules::load(&[data.join("detection-rules/aws")]);
+    let set = kmsguard_rules::compile(&loaded.rules, None);
+    let pre = kmsguard_matcher::packfilter::PackPrefilter::new(&set);
+    eprintln!("{} anchors, {} unfiltered", pre.anchor_count(), pre.unfiltered_rules());
+    assert_eq!(pre.unfiltered_rules(), 0);
+}

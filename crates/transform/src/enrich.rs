@@ -23,9 +23,8 @@ use crate::scan::{decode_key, elements, is_empty_container, members, object_span
 /// by callers that decide documents one at a time (the Fluent Bit filter).
 #[derive(Clone, Debug)]
 pub struct Enricher {
-    tag: String,
-    /// The tag as a JSON string literal.
-    tag_json: String,
+    /// The tags to add, each with its JSON string literal.
+    tags: Vec<(String, String)>,
     rule_json: String,
     threat_json: String,
 }
@@ -60,12 +59,15 @@ impl Enricher {
                 "id": t.technique.id, "name": t.technique.name, "reference": t.technique.reference,
             },
         });
-        Enricher {
-            tag: tag.to_owned(),
-            tag_json: serde_json::Value::from(tag).to_string(),
-            rule_json: rule_json.to_string(),
-            threat_json: threat_json.to_string(),
-        }
+        Enricher::from_json(&[tag], rule_json.to_string(), threat_json.to_string())
+    }
+
+    /// An enrichment from its parts: the tags appended to `tags` (each once), and the JSON
+    /// values written as `rule` and `threat`. Rule packs build theirs this way.
+    pub fn from_json(tags: &[&str], rule_json: String, threat_json: String) -> Enricher {
+        let tags =
+            tags.iter().map(|t| (t.to_string(), serde_json::Value::from(*t).to_string())).collect();
+        Enricher { tags, rule_json, threat_json }
     }
 
     /// Appends to `out` the document `line` (valid JSON, an object) with the enrichment added.
@@ -116,7 +118,7 @@ impl Enricher {
             }
             None => {
                 out.extend_from_slice(&line[..at]);
-                added.insert(0, format!("\"tags\":[{}]", self.tag_json));
+                added.insert(0, format!("\"tags\":[{}]", self.tags_json(|_| true)));
             }
         }
         for (n, member) in added.iter().enumerate() {
@@ -129,13 +131,25 @@ impl Enricher {
         result
     }
 
-    /// Writes a `tags` value with the tag added (see the module's policy).
+    /// The JSON literals of the tags that `keep` accepts, comma-separated.
+    fn tags_json(&self, keep: impl Fn(&str) -> bool) -> String {
+        let kept: Vec<&str> =
+            self.tags.iter().filter(|(t, _)| keep(t)).map(|(_, j)| j.as_str()).collect();
+        kept.join(",")
+    }
+
+    /// Writes a `tags` value with the tags added (see the module's policy).
     fn write_tags(&self, value: &[u8], out: &mut Vec<u8>) {
-        let holds_tag = |v: &[u8]| serde_json::from_slice::<String>(v).is_ok_and(|s| s == self.tag);
+        let as_tag = |v: &[u8]| serde_json::from_slice::<String>(v).ok();
         match value.first() {
             Some(b'[') => {
                 let whole = 0..value.len();
-                if elements(value, whole.clone()).into_iter().any(|e| holds_tag(&value[e])) {
+                let held: Vec<String> = elements(value, whole.clone())
+                    .into_iter()
+                    .filter_map(|e| as_tag(&value[e]))
+                    .collect();
+                let new = self.tags_json(|t| !held.iter().any(|h| h == t));
+                if new.is_empty() {
                     out.extend_from_slice(value);
                     return;
                 }
@@ -143,20 +157,22 @@ impl Enricher {
                 if !is_empty_container(value, &whole) {
                     out.push(b',');
                 }
-                out.extend_from_slice(self.tag_json.as_bytes());
+                out.extend_from_slice(new.as_bytes());
                 out.push(b']');
             }
             _ if value == b"null" => {
                 out.push(b'[');
-                out.extend_from_slice(self.tag_json.as_bytes());
+                out.extend_from_slice(self.tags_json(|_| true).as_bytes());
                 out.push(b']');
             }
             _ => {
                 out.push(b'[');
                 out.extend_from_slice(value);
-                if !holds_tag(value) {
+                let held = as_tag(value);
+                let new = self.tags_json(|t| held.as_deref() != Some(t));
+                if !new.is_empty() {
                     out.push(b',');
-                    out.extend_from_slice(self.tag_json.as_bytes());
+                    out.extend_from_slice(new.as_bytes());
                 }
                 out.push(b']');
             }
@@ -198,6 +214,16 @@ mod tests {
         assert_eq!(enrich(r#"{"tags":["t","x"]}"#).0["tags"], json!(["t", "x"]));
         assert_eq!(enrich(r#"{"tags":"t"}"#).0["tags"], json!(["t"]));
         assert_eq!(enrich(r#"{"tags":"\u0074"}"#).0["tags"], json!(["t"]));
+        let two = Enricher::from_json(&["a", "b"], "{}".into(), "[]".into());
+        let with = |doc: &str| {
+            let mut out = Vec::new();
+            two.enrich(doc.as_bytes(), &mut out);
+            serde_json::from_slice::<Value>(&out).unwrap()["tags"].clone()
+        };
+        assert_eq!(with(r#"{"tags":["b","x"]}"#), json!(["b", "x", "a"]));
+        assert_eq!(with(r#"{"tags":"a"}"#), json!(["a", "b"]));
+        assert_eq!(with(r#"{"tags":null}"#), json!(["a", "b"]));
+        assert_eq!(with(r#"{"x":1}"#), json!(["a", "b"]));
         assert_eq!(enrich(r#"{"t\u0061gs":["x"]}"#).0["tags"], json!(["x", "t"]));
     }
 

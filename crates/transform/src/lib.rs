@@ -27,6 +27,7 @@
 mod budget;
 mod docs;
 mod enrich;
+mod pack;
 mod scan;
 mod stats;
 mod wrap;
@@ -36,12 +37,14 @@ use std::io::{self, Read, Write};
 use std::sync::Arc;
 use std::time::Instant;
 
+use kmsguard_matcher::ruleset::{PackEvaluator, PackVerdict, Tri};
 use kmsguard_matcher::{Matcher, Prefilter, Shape, Verdict};
 use memchr::memmem::Finder;
 
 pub use crate::budget::AlertBudget;
 pub use crate::enrich::{Enriched, Enricher};
-pub use crate::stats::{Position, Stats};
+pub use crate::pack::{Pack, PackEntry, PackHandle};
+pub use crate::stats::{Position, RuleCounts, Stats};
 
 use crate::budget::{Spend, Spender};
 
@@ -106,7 +109,11 @@ pub struct Options {
     /// At most this many enriched alerts per window (off when `None`). Matches over the budget
     /// are counted in [`Stats::over_budget`], announced by one line on stderr per window, and
     /// otherwise treated as non-matching lines: unchanged in tag mode, dropped in filter mode.
+    /// With a rule pack each rule has its own budget.
     pub alert_budget: Option<AlertBudget>,
+    /// With a rule pack and an alert budget: each rule's budget is its own `max_signals` (per
+    /// the budget's window) rather than the budget's `max`.
+    pub max_signals: bool,
 }
 
 /// Elasticsearch's default `http.max_content_length`: a longer document cannot be indexed, so
@@ -126,6 +133,7 @@ impl Default for Options {
             explain: false,
             wrap_invalid: false,
             alert_budget: None,
+            max_signals: false,
         }
     }
 }
@@ -197,18 +205,13 @@ const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// A streaming filter/tag transform over NDJSON.
 pub struct Transform {
-    matcher: Matcher,
-    /// The matcher's prefilter, shared so the candidate loop can borrow it while `self` is
-    /// mutably borrowed for each decision (no clone per buffer).
-    prefilter: Arc<Prefilter>,
+    engine: Engine,
     options: Options,
-    enricher: Enricher,
     /// Finds the member names of containers `--split-records` splits (`Records`, `Events`).
     containers: [Finder<'static>; 2],
     stats: Stats,
     /// Reused output buffer for enriched lines.
     scratch: Vec<u8>,
-    budget: Option<Spender>,
     /// The input being read: its index and name, and the counts when it began.
     input: InputStart,
     /// An oversized line being wrapped as it streams through (`--wrap-invalid`).
@@ -228,6 +231,137 @@ struct InputStart {
     first_line: bool,
 }
 
+/// What decides lines: one rule, or a pack of them.
+// One per transform, so the variants' sizes do not matter; boxing the one-rule state would add
+// a pointer chase to the hot path for nothing.
+#[allow(clippy::large_enum_variant)]
+enum Engine {
+    /// One rule, as a [`Matcher`].
+    One {
+        matcher: Matcher,
+        /// The matcher's prefilter, shared so the candidate loop can borrow it while the
+        /// transform is mutably borrowed for each decision (no clone per buffer).
+        prefilter: Arc<Prefilter>,
+        enricher: Enricher,
+        budget: Option<Spender>,
+    },
+    /// A rule pack.
+    Pack(Box<PackState>),
+}
+
+/// A transform's state for running a rule pack.
+struct PackState {
+    handle: Arc<PackHandle>,
+    /// The handle's generation `pack` is.
+    generation: u64,
+    pack: Arc<Pack>,
+    /// Per rule of `pack`, its counts' index in [`Stats::rules`].
+    slots: Vec<usize>,
+    evaluator: PackEvaluator,
+    /// The rules the last decided event matched, in pack order.
+    matched: Vec<usize>,
+    /// Per rule, when budgets are on.
+    budgets: Vec<Spender>,
+    /// Says why a line is invalid (the reasons do not depend on the rules).
+    explainer: Matcher,
+    mask: kmsguard_matcher::packfilter::RuleMask,
+    mask_scratch: Vec<u8>,
+}
+
+impl PackState {
+    /// Decides `line`; fills `matched`, and counts unknown verdicts when `stats` is given.
+    fn evaluate(&mut self, line: &[u8], stats: Option<&mut Stats>) -> Verdict {
+        self.matched.clear();
+        let shape = match self.evaluator.evaluate(&self.pack.set, line) {
+            PackVerdict::Invalid => return Verdict::Invalid,
+            PackVerdict::Decided(shape) => shape,
+        };
+        let verdicts = self.evaluator.verdicts();
+        self.matched
+            .extend(verdicts.iter().enumerate().filter(|(_, v)| **v == Tri::True).map(|(i, _)| i));
+        if let Some(stats) = stats {
+            for (i, v) in verdicts.iter().enumerate() {
+                stats.rules[self.slots[i]].unknown += u64::from(*v == Tri::Unknown);
+            }
+        }
+        if self.matched.is_empty() {
+            Verdict::NoMatch(Some(shape))
+        } else {
+            Verdict::Match(shape)
+        }
+    }
+
+    /// Takes the handle's pack when it was replaced, with fresh budgets; keeps the counts of
+    /// the rules it keeps.
+    fn refresh(&mut self, options: &Options, stats: &mut Stats) {
+        let generation = self.handle.generation();
+        if generation == self.generation && !self.slots.is_empty() {
+            return;
+        }
+        self.generation = generation;
+        self.pack = self.handle.current();
+        self.slots = self.pack.rules().iter().map(|r| stats.rule_slot(&r.tag)).collect();
+        self.budgets = match options.alert_budget {
+            Some(b) => self
+                .pack
+                .rules()
+                .iter()
+                .map(|r| {
+                    let max = if options.max_signals { r.max_signals } else { b.max };
+                    Spender::new(AlertBudget { max, ..b })
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+    }
+
+    /// Why the line last evaluated did not match.
+    fn explain(&mut self, line: &[u8], verdict: Verdict) -> String {
+        if verdict == Verdict::Invalid {
+            return match self.explainer.explain(line) {
+                kmsguard_matcher::Explanation::Invalid(why) => why,
+                _ => "Elasticsearch would reject it: a flattened field nested deeper than 20 \
+                      objects or a flattened leaf over 32,766 bytes"
+                    .to_string(),
+            };
+        }
+        let unknown: Vec<&str> = self
+            .evaluator
+            .verdicts()
+            .iter()
+            .zip(self.pack.rules())
+            .filter(|(v, _)| **v == Tri::Unknown)
+            .map(|(_, r)| r.tag.as_str())
+            .collect();
+        if unknown.is_empty() {
+            "no rule matched".to_string()
+        } else {
+            format!("no rule matched; unknown on this raw shape: {}", unknown.join(", "))
+        }
+    }
+}
+
+impl Engine {
+    /// Whether `line` could match (the prefilter's verdict).
+    fn is_candidate(&mut self, line: &[u8]) -> bool {
+        match self {
+            Engine::One { prefilter, .. } => prefilter.is_candidate(line),
+            Engine::Pack(p) => p.pack.prefilter.possible(line, &mut p.mask, &mut p.mask_scratch),
+        }
+    }
+
+    /// Why `line`, which did not match, did not.
+    fn explain(&mut self, line: &[u8], verdict: Verdict) -> String {
+        match self {
+            Engine::One { matcher, .. } => match matcher.explain(line) {
+                kmsguard_matcher::Explanation::Invalid(why) => why,
+                other => other.to_string(),
+            },
+            Engine::Pack(p) => p.explain(line, verdict),
+        }
+    }
+}
+
 impl fmt::Debug for Transform {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Transform").field("options", &self.options).finish_non_exhaustive()
@@ -240,15 +374,42 @@ impl Transform {
         let tag = options.tag.clone().unwrap_or_else(|| matcher.rule().tag.to_owned());
         let enricher = Enricher::new(matcher.rule(), &tag);
         let budget = options.alert_budget.map(Spender::new);
+        let prefilter = Arc::new(matcher.prefilter().clone());
+        Transform::with_engine(Engine::One { matcher, prefilter, enricher, budget }, options)
+    }
+
+    /// A transform that decides lines with every rule of `pack` (RULES.md section 5 for what
+    /// comes out; [`Options::tag`] does not apply: each rule has its tag).
+    ///
+    /// The pack is read from `handle` when the transform starts and again, when it was
+    /// replaced, before each buffer.
+    pub fn with_pack(handle: Arc<PackHandle>, options: Options) -> Transform {
+        let state = PackState {
+            generation: 0,
+            pack: handle.current(),
+            handle,
+            slots: Vec::new(),
+            evaluator: PackEvaluator::new(),
+            matched: Vec::new(),
+            budgets: Vec::new(),
+            explainer: Matcher::new(),
+            mask: Default::default(),
+            mask_scratch: Vec::new(),
+        };
+        let mut t = Transform::with_engine(Engine::Pack(Box::new(state)), options);
+        if let Engine::Pack(p) = &mut t.engine {
+            p.refresh(&t.options, &mut t.stats);
+        }
+        t
+    }
+
+    fn with_engine(engine: Engine, options: Options) -> Transform {
         Transform {
-            prefilter: Arc::new(matcher.prefilter().clone()),
-            matcher,
+            engine,
             options,
-            enricher,
             containers: [Finder::new("Records").into_owned(), Finder::new("Events").into_owned()],
             stats: Stats::default(),
             scratch: Vec::new(),
-            budget,
             input: InputStart { first_line: true, ..InputStart::default() },
             wrapping: None,
             buffer: Vec::new(),
@@ -516,6 +677,9 @@ impl Transform {
     /// Decides one document of concatenated JSON and writes what the mode asks for: in tag mode
     /// its own bytes (enriched in place when it matches), otherwise one line.
     fn document(&mut self, doc: &[u8], out: &mut dyn Write) -> Result<(), Error> {
+        if let Engine::Pack(p) = &mut self.engine {
+            p.refresh(&self.options, &mut self.stats);
+        }
         let lines_before = self.stats.lines;
         self.stats.bytes += doc.len() as u64;
         self.stats.lines += 1;
@@ -657,6 +821,9 @@ impl Transform {
     ///
     /// Write errors, and the first invalid line under [`OnInvalid::Fail`].
     pub fn process(&mut self, data: &[u8], out: &mut dyn Write) -> Result<(), Error> {
+        if let Engine::Pack(p) = &mut self.engine {
+            p.refresh(&self.options, &mut self.stats);
+        }
         let lines_before = self.stats.lines;
         self.stats.bytes += data.len() as u64;
         if self.counts_lines() {
@@ -681,8 +848,34 @@ impl Transform {
             }
             return Ok(());
         }
-        let prefilter = Arc::clone(&self.prefilter);
-        for range in prefilter.candidate_lines(data) {
+        match &self.engine {
+            Engine::One { prefilter, .. } => {
+                let prefilter = Arc::clone(prefilter);
+                self.decide_candidates(data, prefilter.candidate_lines(data), lines_before, out)
+            }
+            Engine::Pack(p) => {
+                let pack = Arc::clone(&p.pack);
+                self.decide_candidates(
+                    data,
+                    pack.prefilter.candidate_lines(data),
+                    lines_before,
+                    out,
+                )
+            }
+        }
+    }
+
+    /// Decides the candidate lines `ranges` of `data`; in tag mode writes the lines between
+    /// them as they are.
+    fn decide_candidates(
+        &mut self,
+        data: &[u8],
+        ranges: impl Iterator<Item = std::ops::Range<usize>>,
+        lines_before: u64,
+        out: &mut dyn Write,
+    ) -> Result<(), Error> {
+        let mut pos = 0;
+        for range in ranges {
             if self.options.mode == Mode::Tag {
                 out.write_all(&data[pos..range.start])?;
             }
@@ -696,7 +889,7 @@ impl Transform {
     }
 
     /// Whether a line seen in every-line mode must be parsed.
-    fn worth_parsing(&self, line: &[u8]) -> bool {
+    fn worth_parsing(&mut self, line: &[u8]) -> bool {
         let doc = line.strip_prefix(BOM).unwrap_or(line);
         if doc.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r')) {
             // No document. Under --wrap-invalid one with bytes (spaces, a `\r`) is wrapped too,
@@ -704,7 +897,7 @@ impl Transform {
             return self.wraps() && !line.is_empty();
         }
         self.validates_every_line()
-            || self.prefilter.is_candidate(line)
+            || self.engine.is_candidate(line)
             || (self.options.split_records
                 && self.containers.iter().any(|f| f.find(line).is_some()))
     }
@@ -740,7 +933,10 @@ impl Transform {
             return Ok(());
         }
         self.stats.candidates += 1;
-        let verdict = self.matcher.evaluate(line);
+        let verdict = match &mut self.engine {
+            Engine::One { matcher, .. } => matcher.evaluate(line),
+            Engine::Pack(p) => p.evaluate(line, Some(&mut self.stats)),
+        };
         self.stats.count(verdict);
         if !verdict.is_match() {
             self.note_miss(verdict, data, range.start, lines_before);
@@ -760,10 +956,10 @@ impl Transform {
                 match (tag_mode, self.options.on_invalid) {
                     (true, _) if self.options.wrap_invalid => {
                         self.stats.wrapped += 1;
-                        let why = match self.matcher.explain(line) {
-                            _ if line.trim_ascii().is_empty() => "blank line".to_string(),
-                            kmsguard_matcher::Explanation::Invalid(why) => why,
-                            other => other.to_string(),
+                        let why = if line.trim_ascii().is_empty() {
+                            "blank line".to_string()
+                        } else {
+                            self.engine.explain(line, verdict)
                         };
                         wrap::write_wrapped(line, &why, out)?;
                         out.write_all(terminator)?;
@@ -793,52 +989,129 @@ impl Transform {
             self.stats.first_invalid = Some(self.position(data, start, lines_before));
         }
         let dataset_absent = verdict == Verdict::NoMatch(Some(Shape::Ecs))
-            && matches!(self.matcher.last_miss(), kmsguard_matcher::Miss::DatasetAbsent(_));
+            && matches!(&self.engine, Engine::One { matcher, .. }
+                if matches!(matcher.last_miss(), kmsguard_matcher::Miss::DatasetAbsent(_)));
         self.stats.dataset_absent += u64::from(dataset_absent);
         if self.options.explain {
             let at = self.position(data, start, lines_before);
             let line = &data
                 [start..memchr::memchr(b'\n', &data[start..]).map_or(data.len(), |i| start + i)];
-            let why = self.matcher.explain(line);
+            let why = match &mut self.engine {
+                Engine::One { matcher, .. } => matcher.explain(line).to_string(),
+                Engine::Pack(p) => p.explain(line, verdict),
+            };
             eprintln!("kmsguard: {}:{}: {why}", at.name, at.line.unwrap_or(0));
         }
     }
 
     /// Writes a matching line enriched: with its own terminator in tag mode, with `\n` (and
-    /// without a trailing `\r`) in filter mode.
+    /// without a trailing `\r`) in filter mode. A pack's filter mode writes one line per matched
+    /// rule. Matches over the alert budget are treated as non-matching.
     fn emit_match(
         &mut self,
         line: &[u8],
         terminator: &[u8],
         out: &mut dyn Write,
     ) -> Result<(), Error> {
-        if let Some(Spend::Over { warn }) = self.budget.as_mut().map(|b| b.spend(Instant::now())) {
-            self.stats.over_budget += 1;
-            if warn {
-                let b = self.options.alert_budget.expect("a spender has a budget");
-                eprintln!(
-                    "kmsguard: alert budget of {} per {} s spent; further matches in this window {}",
-                    b.max,
-                    b.window.as_secs(),
-                    if self.options.mode == Mode::Tag { "pass unenriched" } else { "are dropped" }
-                );
+        let tag_mode = self.options.mode == Mode::Tag;
+        let Transform { engine, stats, scratch, options, .. } = self;
+        let mut emit = |enricher: &Enricher, stats: &mut Stats| -> Result<(), Error> {
+            scratch.clear();
+            let enriched = enricher.enrich(line, scratch);
+            stats.enriched(enriched);
+            if tag_mode {
+                write_line(out, scratch, terminator)?;
+            } else {
+                let doc = scratch.strip_prefix(BOM).unwrap_or(scratch);
+                write_line(out, doc.strip_suffix(b"\r").unwrap_or(doc), b"\n")?;
             }
-            if self.options.mode == Mode::Tag {
-                write_line(out, line, terminator)?;
+            Ok(())
+        };
+        let allowed = match engine {
+            Engine::One { enricher, budget, .. } => {
+                match budget.as_mut().map(|b| b.spend(Instant::now())) {
+                    Some(Spend::Over { warn }) => {
+                        stats.over_budget += 1;
+                        if warn {
+                            announce_budget(options, None);
+                        }
+                    }
+                    _ => {
+                        stats.matches += 1;
+                        return emit(enricher, stats);
+                    }
+                }
+                Vec::new()
             }
-            return Ok(());
-        }
-        self.stats.matches += 1;
-        self.scratch.clear();
-        let enriched = self.enricher.enrich(line, &mut self.scratch);
-        self.stats.enriched(enriched);
-        if self.options.mode == Mode::Tag {
-            write_line(out, &self.scratch, terminator)?;
-        } else {
-            let doc = self.scratch.strip_prefix(BOM).unwrap_or(&self.scratch);
-            write_line(out, doc.strip_suffix(b"\r").unwrap_or(doc), b"\n")?;
+            Engine::Pack(p) => {
+                let now = Instant::now();
+                let mut allowed = Vec::with_capacity(p.matched.len());
+                for &r in &p.matched {
+                    match p.budgets.get_mut(r).map(|b| b.spend(now)) {
+                        Some(Spend::Over { warn }) => {
+                            stats.over_budget += 1;
+                            stats.rules[p.slots[r]].over_budget += 1;
+                            if warn {
+                                let rule = &p.pack.rules()[r];
+                                let max =
+                                    if options.max_signals { Some(rule.max_signals) } else { None };
+                                announce_budget(options, Some((&rule.tag, max)));
+                            }
+                        }
+                        _ => allowed.push(r),
+                    }
+                }
+                if !allowed.is_empty() {
+                    stats.matches += 1;
+                    for &r in &allowed {
+                        stats.rules[p.slots[r]].matches += 1;
+                    }
+                    if tag_mode {
+                        return emit(&p.pack.enricher(&allowed), stats);
+                    }
+                    for &r in &allowed {
+                        emit(p.pack.enricher_of(r), stats)?;
+                    }
+                    return Ok(());
+                }
+                allowed
+            }
+        };
+        debug_assert!(allowed.is_empty());
+        if tag_mode {
+            write_line(out, line, terminator)?;
         }
         Ok(())
+    }
+
+    /// Decides one event split out of a container (`kind` says which).
+    fn evaluate_piece(&mut self, kind: Shape, piece: &[u8]) -> bool {
+        match &mut self.engine {
+            Engine::One { matcher, .. } => match kind {
+                Shape::Records => matcher.evaluate_record(piece),
+                Shape::LookupEvents => matcher.evaluate_lookup_event(piece),
+                _ => matcher.evaluate(piece),
+            }
+            .is_match(),
+            Engine::Pack(p) => match kind {
+                Shape::Records => {
+                    p.matched.clear();
+                    let set = &p.pack.set;
+                    let raw = p.evaluator.evaluate_raw(set, piece);
+                    let verdicts = p.evaluator.verdicts();
+                    p.matched.extend((0..verdicts.len()).filter(|&i| verdicts[i] == Tri::True));
+                    raw && !p.matched.is_empty()
+                }
+                Shape::LookupEvents => {
+                    let mut events = Vec::with_capacity(piece.len() + 12);
+                    events.extend_from_slice(b"{\"Events\":[");
+                    events.extend_from_slice(piece);
+                    events.extend_from_slice(b"]}");
+                    p.evaluate(&events, None).is_match()
+                }
+                _ => p.evaluate(piece, None).is_match(),
+            },
+        }
     }
 
     /// Splits a container line into one line per event when it can be split without losing
@@ -851,7 +1124,7 @@ impl Transform {
                 let Some(records) = scan::sole_array(line, "Records") else { return Ok(false) };
                 for record in records {
                     let record = &line[record];
-                    let matched = self.matcher.evaluate_record(record).is_match();
+                    let matched = self.evaluate_piece(Shape::Records, record);
                     self.emit_split(record, matched, out)?;
                 }
             }
@@ -859,14 +1132,14 @@ impl Transform {
                 let Some(events) = scan::sole_array(line, "Events") else { return Ok(false) };
                 for event in events {
                     let event = &line[event];
-                    let matched = self.matcher.evaluate_lookup_event(event).is_match();
+                    let matched = self.evaluate_piece(Shape::LookupEvents, event);
                     self.emit_split(event, matched, out)?;
                 }
             }
             Some(Shape::Envelope) => {
                 let Some(envelopes) = scan::split_envelope(line) else { return Ok(false) };
                 for envelope in envelopes {
-                    let matched = self.matcher.evaluate(&envelope).is_match();
+                    let matched = self.evaluate_piece(Shape::Envelope, &envelope);
                     self.emit_split(&envelope, matched, out)?;
                 }
             }
@@ -890,6 +1163,19 @@ impl Transform {
         }
         Ok(())
     }
+}
+
+/// The one stderr line of a window whose alert budget is spent; `rule` names a pack's rule (its
+/// tag, and its own `max_signals` when that is its budget).
+fn announce_budget(options: &Options, rule: Option<(&str, Option<u64>)>) {
+    let b = options.alert_budget.expect("a spender has a budget");
+    let max = rule.and_then(|(_, m)| m).unwrap_or(b.max);
+    let whose = rule.map_or(String::new(), |(tag, _)| format!(" for rule {tag}"));
+    eprintln!(
+        "kmsguard: alert budget of {max} per {} s spent{whose}; further matches in this window {}",
+        b.window.as_secs(),
+        if options.mode == Mode::Tag { "pass unenriched" } else { "are dropped" }
+    );
 }
 
 /// Whether `line`, the first of an input, opens a document that goes on over the next lines, as

@@ -45,6 +45,22 @@ pub struct Stats {
     pub spanning: u64,
     /// The first input whose documents span lines.
     pub first_spanning: Option<Position>,
+    /// With a rule pack: per rule, in pack order.
+    pub rules: Vec<RuleCounts>,
+}
+
+/// What one rule of a pack did in a run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuleCounts {
+    /// The rule's tag, which names it (a reloaded pack keeps the counts of a rule it keeps).
+    pub tag: String,
+    /// Events it matched (alerts written, in filter mode).
+    pub matches: u64,
+    /// Parsed events on which its verdict was unknown: a raw shape did not hold a field it
+    /// reads (RULES.md section 4). Neither fired nor dropped silently.
+    pub unknown: u64,
+    /// Matches over its alert budget, not enriched.
+    pub over_budget: u64,
 }
 
 /// A place in a run's input: which input (its index among the run's inputs and its name) and
@@ -68,6 +84,14 @@ impl Stats {
             slot.0 += 1;
             slot.1 += u64::from(verdict.is_match());
         }
+    }
+
+    /// The index of the counts of the rule tagged `tag`, added when new.
+    pub(crate) fn rule_slot(&mut self, tag: &str) -> usize {
+        self.rules.iter().position(|r| r.tag == tag).unwrap_or_else(|| {
+            self.rules.push(RuleCounts { tag: tag.to_string(), ..RuleCounts::default() });
+            self.rules.len() - 1
+        })
     }
 
     pub(crate) fn enriched(&mut self, e: Enriched) {
@@ -94,6 +118,7 @@ impl Stats {
             first_invalid,
             spanning,
             first_spanning,
+            rules,
         } = other;
         self.lines += lines;
         self.bytes += bytes;
@@ -116,6 +141,13 @@ impl Stats {
                     *mine = Some(theirs.clone());
                 }
             }
+        }
+        for theirs in rules {
+            let mine = self.rule_slot(&theirs.tag);
+            let mine = &mut self.rules[mine];
+            mine.matches += theirs.matches;
+            mine.unknown += theirs.unknown;
+            mine.over_budget += theirs.over_budget;
         }
         for (mine, theirs) in self.shapes.iter_mut().zip(shapes) {
             mine.0 += theirs.0;
@@ -152,6 +184,9 @@ impl Stats {
             "spanning_inputs": self.spanning,
             "first_invalid": position(&self.first_invalid),
             "shapes": shapes,
+            "rules": self.rules.iter().map(|r| serde_json::json!({
+                "tag": r.tag, "matches": r.matches, "unknown": r.unknown, "over_budget": r.over_budget,
+            })).collect::<Vec<_>>(),
             "seconds": secs,
             "bytes_per_second": self.bytes as f64 / secs,
         })
@@ -181,6 +216,22 @@ impl Stats {
         for shape in Shape::ALL {
             let (seen, matched) = self.shapes[shape as usize];
             let _ = write!(s, " {shape} {seen}/{matched}");
+        }
+        // A pack's rules that did something: matched, were unknown, or went over budget.
+        let busy: Vec<String> = self
+            .rules
+            .iter()
+            .filter(|r| r.matches + r.unknown + r.over_budget > 0)
+            .map(|r| format!(" {} {}/{}/{}", r.tag, r.matches, r.unknown, r.over_budget))
+            .collect();
+        if !self.rules.is_empty() {
+            let _ = write!(
+                s,
+                "\nkmsguard: rules (matches/unknown/over budget), {} of {} with counts:{}",
+                busy.len(),
+                self.rules.len(),
+                busy.concat()
+            );
         }
         let _ = write!(
             s,
