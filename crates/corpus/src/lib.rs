@@ -21,6 +21,21 @@ pub enum Format {
     Envelope,
 }
 
+/// Which API calls the traffic is made of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Traffic {
+    /// KMS calls (the seed rule's profiles) and six other services.
+    Kms,
+    /// The breadth of an account's CloudTrail: twenty services, mostly reads, including the
+    /// routine calls of every service Elastic's AWS rules watch (CloudTrail, GuardDuty, IAM,
+    /// RDS, Config, WAF, ...); [`Profile::fire_share`] of events are calls that fire one of
+    /// those rules.
+    Broad,
+    /// Only KMS, rich in the seed rule's near misses by name: `EnableKey`, `DisableKeyRotation`,
+    /// `EnableKeyRotation` (every line holds `leKey`).
+    KmsRotation,
+}
+
 /// What share of events are KMS calls, near misses and matches.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Profile {
@@ -34,6 +49,10 @@ pub struct Profile {
     pub match_share: f64,
     /// The shape written.
     pub format: Format,
+    /// The calls the traffic is made of.
+    pub traffic: Traffic,
+    /// [`Traffic::Broad`]: share of events that are calls Elastic's AWS rules fire on.
+    pub fire_share: f64,
 }
 
 impl Profile {
@@ -45,6 +64,8 @@ impl Profile {
         near_miss_share: 0.01,
         match_share: 0.0002,
         format: Format::Ecs,
+        traffic: Traffic::Kms,
+        fire_share: 0.0,
     };
     /// No KMS events at all: pure prefilter speed.
     pub const NO_KMS: Profile = Profile {
@@ -53,6 +74,8 @@ impl Profile {
         near_miss_share: 0.0,
         match_share: 0.0,
         format: Format::Ecs,
+        traffic: Traffic::Kms,
+        fire_share: 0.0,
     };
     /// Every event from KMS, 1% matches.
     pub const KMS_HEAVY: Profile = Profile {
@@ -61,6 +84,8 @@ impl Profile {
         near_miss_share: 0.01,
         match_share: 0.01,
         format: Format::Ecs,
+        traffic: Traffic::Kms,
+        fire_share: 0.0,
     };
     /// Every event a DisableKey/ScheduleKeyDeletion, half of them failed: the exact path's worst case.
     pub const ALL_CANDIDATES: Profile = Profile {
@@ -69,6 +94,8 @@ impl Profile {
         near_miss_share: 1.0,
         match_share: 0.5,
         format: Format::Ecs,
+        traffic: Traffic::Kms,
+        fire_share: 0.0,
     };
     /// The mixed profile as raw CloudTrail records.
     pub const RAW: Profile = Profile { name: "raw", format: Format::Raw, ..Profile::MIXED };
@@ -82,10 +109,40 @@ impl Profile {
         near_miss_share: 0.08,
         match_share: 0.015,
         format: Format::Ecs,
+        traffic: Traffic::Kms,
+        fire_share: 0.0,
+    };
+
+    /// A whole account's traffic, 2 events in 10,000 firing some rule of Elastic's pack.
+    pub const BROAD: Profile = Profile {
+        name: "broad",
+        kms_share: 0.10,
+        near_miss_share: 0.0,
+        match_share: 0.0,
+        format: Format::Ecs,
+        traffic: Traffic::Broad,
+        fire_share: 0.0002,
+    };
+    /// A whole account's traffic where 1% of events fire some rule of Elastic's pack.
+    pub const BROAD_FIRING: Profile =
+        Profile { name: "broad-1pct", fire_share: 0.01, ..Profile::BROAD };
+    /// [`Profile::BROAD_FIRING`] as raw CloudTrail records.
+    pub const BROAD_RAW: Profile =
+        Profile { name: "broad-raw", format: Format::Raw, ..Profile::BROAD_FIRING };
+    /// Only KMS calls, every one holding `leKey` (`EnableKey`, `DisableKeyRotation`, ...), 1% of
+    /// them matches: the seed rule's literal at its least selective.
+    pub const KMS_ROTATION: Profile = Profile {
+        name: "kms-rotation",
+        kms_share: 1.0,
+        near_miss_share: 0.01,
+        match_share: 0.01,
+        format: Format::Ecs,
+        traffic: Traffic::KmsRotation,
+        fire_share: 0.0,
     };
 
     /// Every named profile.
-    pub const ALL: [Profile; 7] = [
+    pub const ALL: [Profile; 11] = [
         Profile::MIXED,
         Profile::NO_KMS,
         Profile::KMS_HEAVY,
@@ -93,6 +150,10 @@ impl Profile {
         Profile::RAW,
         Profile::ENVELOPE,
         Profile::SAMPLE,
+        Profile::BROAD,
+        Profile::BROAD_FIRING,
+        Profile::BROAD_RAW,
+        Profile::KMS_ROTATION,
     ];
 
     /// The profile called `name`.
@@ -152,6 +213,108 @@ const SERVICES: &[(&str, &[&str], bool)] = &[
 ];
 const KMS_ACTIONS: &[&str] =
     &["Decrypt", "Decrypt", "GenerateDataKey", "GenerateDataKey", "Encrypt", "DescribeKey"];
+/// [`Traffic::KmsRotation`]'s calls: each holds `leKey`, none is the rule's.
+const KMS_ROTATION_ACTIONS: &[&str] = &["EnableKey", "DisableKeyRotation", "EnableKeyRotation"];
+/// [`Traffic::Broad`]'s routine calls, by service.
+const BROAD_SERVICES: &[(&str, &[&str], bool)] = &[
+    (
+        "sts.amazonaws.com",
+        &["AssumeRole", "GetCallerIdentity", "AssumeRoleWithWebIdentity", "GetSessionToken"],
+        true,
+    ),
+    (
+        "s3.amazonaws.com",
+        &[
+            "GetObject",
+            "PutObject",
+            "ListBucket",
+            "HeadObject",
+            "GetBucketAcl",
+            "GetBucketPolicy",
+            "ListObjects",
+        ],
+        true,
+    ),
+    (
+        "ec2.amazonaws.com",
+        &[
+            "DescribeInstances",
+            "RunInstances",
+            "DescribeSecurityGroups",
+            "CreateTags",
+            "DescribeVolumes",
+            "DescribeSnapshots",
+            "DescribeFlowLogs",
+            "DescribeNetworkAcls",
+        ],
+        true,
+    ),
+    (
+        "iam.amazonaws.com",
+        &[
+            "GetRole",
+            "ListPolicies",
+            "GetUser",
+            "ListRoles",
+            "ListAttachedRolePolicies",
+            "GetPolicyVersion",
+        ],
+        true,
+    ),
+    (
+        "logs.amazonaws.com",
+        &["CreateLogStream", "PutLogEvents", "DescribeLogGroups", "DescribeLogStreams"],
+        false,
+    ),
+    ("lambda.amazonaws.com", &["Invoke", "GetFunction", "ListFunctions20150331"], true),
+    (
+        "cloudtrail.amazonaws.com",
+        &["DescribeTrails", "GetTrailStatus", "LookupEvents", "GetEventSelectors", "ListTrails"],
+        true,
+    ),
+    (
+        "guardduty.amazonaws.com",
+        &["ListDetectors", "GetFindings", "ListFindings", "GetDetector"],
+        true,
+    ),
+    (
+        "rds.amazonaws.com",
+        &["DescribeDBInstances", "DescribeDBClusters", "DescribeDBSnapshots"],
+        true,
+    ),
+    ("monitoring.amazonaws.com", &["DescribeAlarms", "GetMetricData", "PutMetricData"], true),
+    ("config.amazonaws.com", &["DescribeConfigRules", "DescribeConfigurationRecorderStatus"], true),
+    ("route53.amazonaws.com", &["ListHostedZones", "GetHostedZone"], true),
+    ("secretsmanager.amazonaws.com", &["GetSecretValue", "DescribeSecret", "ListSecrets"], true),
+    ("ssm.amazonaws.com", &["GetParameter", "GetParameters", "DescribeInstanceInformation"], true),
+    ("signin.amazonaws.com", &["ConsoleLogin"], false),
+    ("elasticfilesystem.amazonaws.com", &["DescribeFileSystems", "DescribeMountTargets"], true),
+    ("events.amazonaws.com", &["ListRules", "DescribeRule", "PutEvents"], true),
+    ("wafv2.amazonaws.com", &["GetWebACL", "ListWebACLs"], true),
+    ("organizations.amazonaws.com", &["DescribeOrganization", "ListAccounts"], true),
+];
+/// Calls Elastic's AWS query rules fire on (when they succeed), by service: what
+/// [`Profile::fire_share`] of [`Traffic::Broad`] is made of.
+const FIRING: &[(&str, &str)] = &[
+    ("cloudtrail.amazonaws.com", "DeleteTrail"),
+    ("cloudtrail.amazonaws.com", "StopLogging"),
+    ("cloudtrail.amazonaws.com", "UpdateTrail"),
+    ("guardduty.amazonaws.com", "DeleteDetector"),
+    ("ec2.amazonaws.com", "DeleteFlowLogs"),
+    ("ec2.amazonaws.com", "DeleteNetworkAcl"),
+    ("rds.amazonaws.com", "DeleteDBCluster"),
+    ("rds.amazonaws.com", "DeleteDBInstance"),
+    ("monitoring.amazonaws.com", "DeleteAlarms"),
+    ("logs.amazonaws.com", "DeleteLogGroup"),
+    ("logs.amazonaws.com", "DeleteLogStream"),
+    ("kms.amazonaws.com", "DisableKey"),
+    ("kms.amazonaws.com", "ScheduleKeyDeletion"),
+    ("iam.amazonaws.com", "CreateGroup"),
+    ("config.amazonaws.com", "StopConfigurationRecorder"),
+    ("elasticfilesystem.amazonaws.com", "DeleteFileSystem"),
+    ("events.amazonaws.com", "DeleteRule"),
+    ("waf.amazonaws.com", "DeleteWebACL"),
+];
 const KEY_ACTIONS: &[&str] = &["DisableKey", "ScheduleKeyDeletion"];
 const REGIONS: &[&str] = &["us-east-1", "us-west-2", "eu-west-1", "ap-southeast-2", "eu-central-1"];
 const AGENTS: &[(&str, &str, &str)] = &[
@@ -188,21 +351,35 @@ pub struct Generator {
     seconds: u64,
     /// Events written so far.
     pub events: u64,
-    /// Matching events written so far.
+    /// Events written so far that match the built-in rule.
     pub matches: u64,
+    /// [`Traffic::Broad`]: events written so far as calls that fire a rule of Elastic's pack.
+    pub fired: u64,
 }
 
 impl Generator {
     /// A generator of `profile` events from `seed`.
     pub fn new(profile: Profile, seed: u64) -> Generator {
-        Generator { profile, rng: Rng(seed), seconds: 0, events: 0, matches: 0 }
+        Generator { profile, rng: Rng(seed), seconds: 0, events: 0, matches: 0, fired: 0 }
     }
 
     fn event(&mut self) -> Event {
         let p = self.profile;
         let r = &mut self.rng;
         let u = r.unit();
-        let (source, action, read_only, error) = if u < p.match_share {
+        let (source, action, read_only, error) = if p.traffic == Traffic::Broad {
+            if u < p.fire_share {
+                self.fired += 1;
+                let (src, action) = *r.pick(FIRING);
+                (src, action, false, None)
+            } else if r.unit() < p.kms_share {
+                ("kms.amazonaws.com", *r.pick(KMS_ACTIONS), true, None)
+            } else {
+                let (src, actions, ro) = *r.pick(BROAD_SERVICES);
+                let err = (r.below(50) == 0).then_some(("AccessDenied", "Access Denied"));
+                (src, *r.pick(actions), ro, err)
+            }
+        } else if u < p.match_share {
             ("kms.amazonaws.com", *r.pick(KEY_ACTIONS), false, None)
         } else if r.unit() < p.kms_share {
             if p.near_miss_share > 0.0 && r.unit() < p.near_miss_share {
@@ -211,6 +388,8 @@ impl Generator {
                     ("KMSInvalidStateException", "arn:aws:kms key is pending deletion"),
                 ]);
                 ("kms.amazonaws.com", *r.pick(KEY_ACTIONS), false, Some(err))
+            } else if p.traffic == Traffic::KmsRotation {
+                ("kms.amazonaws.com", *r.pick(KMS_ROTATION_ACTIONS), false, None)
             } else {
                 ("kms.amazonaws.com", *r.pick(KMS_ACTIONS), true, None)
             }
@@ -450,6 +629,27 @@ mod tests {
         g.fill(&mut out, 1 << 20);
         assert_eq!(g.matches, 0);
         assert!(!String::from_utf8(out).unwrap().contains("kms.amazonaws.com"));
+    }
+
+    #[test]
+    fn broad_traffic_fires_at_its_share() {
+        let mut g = Generator::new(Profile::BROAD_FIRING, 5);
+        let mut out = Vec::new();
+        for _ in 0..20_000 {
+            g.write_event(&mut out);
+        }
+        let share = g.fired as f64 / g.events as f64;
+        assert!((0.008..0.012).contains(&share), "{share}");
+        let text = String::from_utf8(out).unwrap();
+        for (source, _) in FIRING {
+            assert!(text.contains(source), "{source}");
+        }
+        let mut g = Generator::new(Profile::KMS_ROTATION, 5);
+        let mut out = Vec::new();
+        g.fill(&mut out, 1 << 20);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.lines().all(|l| l.contains("leKey")));
+        assert!(g.matches > 0 && g.matches < g.events / 50, "{} of {}", g.matches, g.events);
     }
 
     #[test]
