@@ -52,10 +52,23 @@ struct Literal {
     flattened: bool,
     /// From `event.action`: action names are the rarest terms of CloudTrail traffic.
     action: bool,
+    /// A wildcard on `event.action`, whose value is unknown when a raw record's `eventName` is
+    /// not a string: such lines must reach the second stage (see [`non_string_event_name`]).
+    rendered_wildcard: bool,
 }
 
 /// A clause: the line must hold one of these literals (indices into `PackPrefilter::literals`).
 type Clause = Vec<usize>;
+
+impl Literal {
+    /// Whether the literal stands whole at `start` of `hay`, with the quotes it needs.
+    fn holds_at(&self, hay: &[u8], start: usize) -> bool {
+        let end = start + self.bytes.len();
+        hay.get(start..end) == Some(self.bytes.as_slice())
+            && (!self.quote_before || (start > 0 && hay[start - 1] == b'"'))
+            && (!self.quote_after || matches!(hay.get(end), Some(b'"' | b'\\')))
+    }
+}
 
 /// Which rules of a set may fire on a line: a bit per rule.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -101,13 +114,176 @@ pub struct PackPrefilter {
     clauses: Vec<Vec<Clause>>,
     /// Every literal's bytes, each once, for the second stage (overlapping matches).
     all: Option<AhoCorasick>,
+    /// Per literal, a searcher for its bytes (the second stage for the few rules an anchor
+    /// names).
+    finders: Vec<Finder<'static>>,
     /// `all`'s pattern of each literal.
     pattern_of: Vec<usize>,
     /// The first stage: one clause per rule (its rarest), all together.
-    anchors: Option<AhoCorasick>,
+    stage1: Stage1,
     /// Some rule has no clause: every line is a candidate.
     every_line: bool,
     escape: Finder<'static>,
+}
+
+/// Teddy, the SIMD searcher aho-corasick uses for small sets, takes at most this many patterns.
+const TEDDY_PATTERNS: usize = 64;
+/// Needles shorter than this are not shared between anchors (they would be too common).
+const SHARED_NEEDLE: usize = 8;
+
+/// The first stage: the anchors (each rule's rarest clause's literals), found through *needles*,
+/// substrings that several anchors share (`SecurityGroup` for the four security group calls),
+/// searched by a few Teddy searchers over the whole buffer; a needle's hit is confirmed by an
+/// anchor holding it, whole, with its quotes, before the line goes to the second stage.
+#[derive(Clone, Debug, Default)]
+struct Stage1 {
+    anchors: Vec<Literal>,
+    /// Per anchor, the rules whose first-stage clause holds it.
+    anchor_rules: Vec<Vec<usize>>,
+    searchers: Vec<AhoCorasick>,
+    /// Per searcher, per pattern: the anchors holding the needle, and where.
+    holders: Vec<Vec<Vec<(usize, usize)>>>,
+    /// Per searcher, per pattern: the other patterns it is a prefix of or that are prefixes of
+    /// it, with their bytes. A searcher reports one needle per position, and these may stand
+    /// at the same position.
+    alternates: Vec<Vec<Alternates>>,
+    /// Some anchor is a flattened field's literal, which long lines need not hold.
+    long_lines: bool,
+    /// The searcher and pattern of the extra needle `eventName`, searched when some literal is
+    /// a wildcard's on `event.action`.
+    event_name: Option<(usize, usize)>,
+}
+
+impl Stage1 {
+    fn new(anchors: Vec<Literal>) -> Stage1 {
+        let long_lines = anchors.iter().any(|a| a.flattened);
+        let bytes: Vec<&[u8]> = anchors.iter().map(|a| a.bytes.as_slice()).collect();
+        let mut needles = needles(&bytes);
+        let rendered = anchors.iter().any(|a| a.rendered_wildcard);
+        if rendered {
+            needles.push(EVENT_NAME.to_vec());
+        }
+        let mut stage = Stage1 { long_lines, ..Stage1::default() };
+        if rendered {
+            let last = needles.len() - 1;
+            stage.event_name = Some((last / TEDDY_PATTERNS, last % TEDDY_PATTERNS));
+        }
+        for chunk in needles.chunks(TEDDY_PATTERNS) {
+            // The NFA builds in a fraction of the DFA's time; Teddy does the searching anyway.
+            let searcher = AhoCorasick::builder()
+                .match_kind(MatchKind::LeftmostFirst)
+                .kind(Some(AhoCorasickKind::ContiguousNFA))
+                .build(chunk)
+                .expect("needle sets are small");
+            let holders = chunk
+                .iter()
+                .map(|n| {
+                    bytes
+                        .iter()
+                        .enumerate()
+                        .flat_map(|(a, b)| memchr::memmem::find_iter(b, n).map(move |at| (a, at)))
+                        .collect()
+                })
+                .collect();
+            let alternates = chunk
+                .iter()
+                .enumerate()
+                .map(|(k, n)| {
+                    let related = |(j, m): &(usize, &Vec<u8>)| {
+                        *j != k && (m.starts_with(n) || n.starts_with(m))
+                    };
+                    chunk.iter().enumerate().filter(related).map(|(j, m)| (j, m.clone())).collect()
+                })
+                .collect();
+            stage.searchers.push(searcher);
+            stage.holders.push(holders);
+            stage.alternates.push(alternates);
+        }
+        stage.anchors = anchors;
+        stage
+    }
+
+    /// The anchors that the needle `pattern` of searcher `s`, found at `at` in `hay`, is part
+    /// of there, whole, with their quotes.
+    fn confirmed<'a>(
+        &'a self,
+        hay: &'a [u8],
+        s: usize,
+        pattern: usize,
+        at: usize,
+    ) -> impl Iterator<Item = usize> + 'a {
+        let also = self.alternates[s][pattern]
+            .iter()
+            .filter(move |(_, bytes)| hay[at..].starts_with(bytes))
+            .map(|(j, _)| *j);
+        std::iter::once(pattern).chain(also).flat_map(move |p| {
+            self.holders[s][p].iter().filter_map(move |&(a, offset)| {
+                let start = at.checked_sub(offset)?;
+                self.anchors[a].holds_at(hay, start).then_some(a)
+            })
+        })
+    }
+}
+
+/// A needle's alternates: (pattern, bytes).
+type Alternates = Vec<(usize, Vec<u8>)>;
+
+/// The raw record member whose non-string value makes `event.action` unknown to wildcards.
+const EVENT_NAME: &[u8] = b"eventName";
+
+/// Whether `line` may hold a raw record whose `eventName` is not a string: the name followed,
+/// past its closing quote (`"` or an envelope's `\"`), blanks and `:`, by anything but the
+/// opening of a string. (A name spelled with `\u00` escapes is the escape fallback's.)
+pub(crate) fn non_string_event_name(line: &[u8]) -> bool {
+    memchr::memmem::find_iter(line, EVENT_NAME)
+        .any(|at| non_string_after(line, at + EVENT_NAME.len()))
+}
+
+/// [`non_string_event_name`] for the occurrence ending at `end`.
+fn non_string_after(line: &[u8], end: usize) -> bool {
+    let mut rest = &line[end.min(line.len())..];
+    rest = rest.strip_prefix(b"\\").unwrap_or(rest);
+    let Some(rest) = rest.strip_prefix(b"\"") else { return false };
+    let rest = rest.trim_ascii_start();
+    let Some(rest) = rest.strip_prefix(b":") else { return false };
+    !matches!(rest.trim_ascii_start().first(), Some(b'"' | b'\\') | None)
+}
+
+/// Needles that find every anchor: greedily, the substring of [`SHARED_NEEDLE`] bytes held by
+/// the most anchors not yet found, while two or more hold it (in byte order on ties, so the
+/// choice is the same on every run); each anchor left is its own needle. (Every substring two
+/// anchors share that is at least that long holds one of that length.)
+fn needles(anchors: &[&[u8]]) -> Vec<Vec<u8>> {
+    let mut holders: std::collections::HashMap<&[u8], Vec<usize>> = Default::default();
+    for (i, a) in anchors.iter().enumerate() {
+        if a.len() <= SHARED_NEEDLE {
+            holders.entry(a).or_default().push(i);
+            continue;
+        }
+        for gram in a.windows(SHARED_NEEDLE) {
+            let list = holders.entry(gram).or_default();
+            if list.last() != Some(&i) {
+                list.push(i);
+            }
+        }
+    }
+    holders.retain(|_, hs| hs.len() > 1);
+    let mut found = vec![false; anchors.len()];
+    let mut out = Vec::new();
+    loop {
+        let best = holders
+            .iter()
+            .map(|(sub, hs)| (hs.iter().filter(|&&h| !found[h]).count(), *sub))
+            .max_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(a.1)));
+        let Some((_, needle)) = best.filter(|b| b.0 > 1) else { break };
+        for &h in &holders[needle] {
+            found[h] = true;
+        }
+        out.push(needle.to_vec());
+        holders.retain(|_, hs| hs.iter().filter(|&&h| !found[h]).count() > 1);
+    }
+    out.extend(anchors.iter().zip(&found).filter(|(_, f)| !**f).map(|(a, _)| a.to_vec()));
+    out
 }
 
 impl PackPrefilter {
@@ -134,37 +310,36 @@ impl PackPrefilter {
             (!pats.is_empty()).then(|| {
                 AhoCorasick::builder()
                     .match_kind(kind)
-                    .kind(Some(AhoCorasickKind::DFA))
+                    .kind(Some(AhoCorasickKind::ContiguousNFA))
                     .build(pats)
                     .expect("literal sets are small")
             })
         };
         let all = build(&patterns, MatchKind::Standard);
-        let mut anchor_bytes: Vec<&[u8]> = clauses
+        let mut anchors: Vec<Literal> = clauses
             .iter()
             .filter_map(|cnf| cnf.iter().max_by_key(|c| rarity(&literals, c)))
-            .flat_map(|c| c.iter().map(|&l| literals[l].bytes.as_slice()))
+            .flat_map(|c| c.iter().map(|&l| literals[l].clone()))
             .collect();
-        anchor_bytes.sort_unstable();
-        anchor_bytes.dedup();
-        // A literal that holds another is found through the shorter one.
-        let anchor_bytes: Vec<&[u8]> = anchor_bytes
-            .iter()
-            .copied()
-            .filter(|a| {
-                !anchor_bytes
-                    .iter()
-                    .any(|b| b.len() < a.len() && memchr::memmem::find(a, b).is_some())
-            })
-            .collect();
-        let anchors = build(&anchor_bytes, MatchKind::LeftmostFirst);
+        anchors.sort();
+        anchors.dedup();
+        let mut stage1 = Stage1::new(anchors);
+        stage1.anchor_rules = vec![Vec::new(); stage1.anchors.len()];
+        for (rule, cnf) in clauses.iter().enumerate() {
+            let Some(clause) = cnf.iter().max_by_key(|c| rarity(&literals, c)) else { continue };
+            for &l in clause {
+                let a = stage1.anchors.binary_search(&literals[l]).expect("an anchor");
+                stage1.anchor_rules[a].push(rule);
+            }
+        }
         PackPrefilter {
             rules: set.len(),
+            stage1,
+            finders: literals.iter().map(|l| Finder::new(&l.bytes).into_owned()).collect(),
             literals,
             clauses,
             all,
             pattern_of,
-            anchors,
             every_line,
             escape: Finder::new(b"\\u00").into_owned(),
         }
@@ -175,15 +350,62 @@ impl PackPrefilter {
         self.clauses.iter().filter(|c| c.is_empty()).count()
     }
 
-    /// The first-stage literals: one clause of each rule (its rarest).
-    pub fn anchor_count(&self) -> usize {
-        self.anchors.as_ref().map_or(0, |a| a.patterns_len())
+    /// How many literals the first stage confirms (each rule's rarest clause's), and through
+    /// how many needles it finds them.
+    pub fn anchor_count(&self) -> (usize, usize) {
+        let needles = self.stage1.holders.iter().map(Vec::len).sum();
+        (self.stage1.anchors.len(), needles)
+    }
+
+    /// Rule `rule`'s necessary literals, as `--list-rules` shows them: its clauses joined by
+    /// `&`, each clause's literals by `|`, the first-stage clause first; `*` when it has none
+    /// (every line is a candidate for it).
+    pub fn describe(&self, rule: usize) -> String {
+        let cnf = &self.clauses[rule];
+        if cnf.is_empty() {
+            return "*".to_string();
+        }
+        let anchor = cnf.iter().max_by_key(|c| rarity(&self.literals, c));
+        let show = |c: &Clause| {
+            let lits: Vec<String> = c
+                .iter()
+                .map(|&l| String::from_utf8_lossy(&self.literals[l].bytes).into_owned())
+                .collect();
+            lits.join("|")
+        };
+        let mut parts: Vec<String> = anchor.into_iter().map(show).collect();
+        parts.extend(cnf.iter().filter(|c| Some(*c) != anchor).map(show));
+        parts.join(" & ")
+    }
+
+    /// Whether rule `rule` may fire on `line`, which holds no escape: each of its clauses has a
+    /// literal in it.
+    fn rule_possible(&self, rule: usize, line: &[u8]) -> bool {
+        if self.rendered_wildcards() && non_string_event_name(line) {
+            return true;
+        }
+        let long = line.len() >= LONG_LINE;
+        self.clauses[rule].iter().all(|clause| {
+            clause.iter().any(|&l| {
+                let lit = &self.literals[l];
+                (long && lit.flattened)
+                    || self.finders[l].find_iter(line).any(|at| lit.holds_at(line, at))
+            })
+        })
+    }
+
+    /// Whether some literal is a wildcard's on `event.action`.
+    fn rendered_wildcards(&self) -> bool {
+        self.literals.iter().any(|l| l.rendered_wildcard)
     }
 
     /// Fills `mask` with the rules that may fire on `line`; returns whether there is any.
     pub fn possible(&self, line: &[u8], mask: &mut RuleMask, scratch: &mut Vec<u8>) -> bool {
         mask.reset(self.rules);
-        let escaped = self.escape.find(line).is_some();
+        // An escape may spell anything; a non-string `eventName` makes wildcards on
+        // `event.action` unknown: every rule is possible.
+        let escaped = self.escape.find(line).is_some()
+            || (self.rendered_wildcards() && non_string_event_name(line));
         let long = line.len() >= LONG_LINE;
         // Per literal, whether the line holds it (with its quotes).
         scratch.clear();
@@ -229,15 +451,22 @@ impl PackPrefilter {
     /// which some rule may fire, each with its range without the `\n`; `mask` holds the rules of
     /// the line last returned.
     pub fn candidate_lines<'p, 'h>(&'p self, haystack: &'h [u8]) -> PackCandidates<'p, 'h> {
-        PackCandidates {
+        let mut lines = PackCandidates {
             pre: self,
             haystack,
             pos: 0,
-            next_anchor: 0,
-            next_escape: 0,
+            next_needle: Vec::new(),
+            next_escape: self.escape.find(haystack).unwrap_or(usize::MAX),
+            next_long: if self.stage1.long_lines {
+                long_line_after(haystack, 0)
+            } else {
+                usize::MAX
+            },
             mask: RuleMask::default(),
             scratch: Vec::new(),
-        }
+        };
+        lines.next_needle = (0..self.stage1.searchers.len()).map(|s| lines.search(s, 0)).collect();
+        lines
     }
 }
 
@@ -247,11 +476,22 @@ pub struct PackCandidates<'p, 'h> {
     pre: &'p PackPrefilter,
     haystack: &'h [u8],
     pos: usize,
-    /// Offsets of the next anchor and escape at or after the last search (`usize::MAX`: none).
-    next_anchor: usize,
+    /// Per first-stage searcher, its next hit at or after the last search (offset, pattern);
+    /// `None` when it has no more.
+    next_needle: Vec<Option<(usize, usize)>>,
+    /// The next escape and the next long line's start (`usize::MAX`: none).
     next_escape: usize,
+    next_long: usize,
     mask: RuleMask,
     scratch: Vec<u8>,
+}
+
+/// What the first stage found.
+enum Hit {
+    /// Needle `pattern` of searcher `searcher`, at `at`.
+    Needle { searcher: usize, pattern: usize, at: usize },
+    /// An escape, or a long line, at `at`: the line goes to the second stage as it is.
+    Line { at: usize },
 }
 
 impl PackCandidates<'_, '_> {
@@ -260,20 +500,50 @@ impl PackCandidates<'_, '_> {
         &self.mask
     }
 
-    fn next_hit(&mut self) -> Option<usize> {
-        let hay = &self.haystack[self.pos..];
-        if self.next_anchor != usize::MAX && self.next_anchor < self.pos {
-            self.next_anchor = match &self.pre.anchors {
-                Some(a) => a.find(hay).map_or(usize::MAX, |m| self.pos + m.start()),
-                None => usize::MAX,
-            };
-        }
-        if self.next_escape != usize::MAX && self.next_escape < self.pos {
-            self.next_escape = self.pre.escape.find(hay).map_or(usize::MAX, |i| self.pos + i);
-        }
-        let hit = self.next_anchor.min(self.next_escape);
-        (hit != usize::MAX).then_some(hit)
+    /// Searcher `s`'s next hit at or after `from`.
+    fn search(&self, s: usize, from: usize) -> Option<(usize, usize)> {
+        let m = self.pre.stage1.searchers[s].find(&self.haystack[from..])?;
+        Some((from + m.start(), m.pattern().as_usize()))
     }
+
+    fn next_hit(&mut self) -> Option<Hit> {
+        let (pos, hay) = (self.pos, self.haystack);
+        for s in 0..self.next_needle.len() {
+            if matches!(self.next_needle[s], Some((at, _)) if at < pos) {
+                self.next_needle[s] = self.search(s, pos);
+            }
+        }
+        if self.next_escape != usize::MAX && self.next_escape < pos {
+            self.next_escape = self.pre.escape.find(&hay[pos..]).map_or(usize::MAX, |i| pos + i);
+        }
+        if self.next_long != usize::MAX && self.next_long < pos {
+            self.next_long = long_line_after(hay, pos);
+        }
+        let needle = (0..self.next_needle.len())
+            .filter_map(|s| self.next_needle[s].map(|(at, pattern)| (at, s, pattern)))
+            .min();
+        let line = self.next_escape.min(self.next_long);
+        match needle {
+            Some((at, searcher, pattern)) if at < line => {
+                Some(Hit::Needle { searcher, pattern, at })
+            }
+            _ if line != usize::MAX => Some(Hit::Line { at: line }),
+            _ => None,
+        }
+    }
+}
+
+/// The start of the first line at or after `pos` that is at least [`LONG_LINE`] bytes long (as
+/// many bytes past `pos` as that when `pos` is inside one), or `usize::MAX`.
+fn long_line_after(hay: &[u8], pos: usize) -> usize {
+    let mut start = pos;
+    for nl in memchr::memchr_iter(b'\n', &hay[pos..]).map(|i| pos + i).chain([hay.len()]) {
+        if nl - start >= LONG_LINE {
+            return start;
+        }
+        start = nl + 1;
+    }
+    usize::MAX
 }
 
 impl Iterator for PackCandidates<'_, '_> {
@@ -282,10 +552,44 @@ impl Iterator for PackCandidates<'_, '_> {
     fn next(&mut self) -> Option<Self::Item> {
         let hay = self.haystack;
         while self.pos < hay.len() {
-            let hit = if self.pre.every_line { self.pos } else { self.next_hit()? };
+            let at = if self.pre.every_line {
+                self.pos
+            } else {
+                match self.next_hit()? {
+                    Hit::Line { at } => at,
+                    Hit::Needle { searcher, pattern, at }
+                        if self.pre.stage1.event_name == Some((searcher, pattern)) =>
+                    {
+                        if !non_string_after(hay, at + EVENT_NAME.len()) {
+                            self.next_needle[searcher] = self.search(searcher, at + 1);
+                            continue;
+                        }
+                        at
+                    }
+                    Hit::Needle { searcher, pattern, at } => {
+                        // The rules of the anchors found whole here; the line goes on when
+                        // one of them may fire, else the search goes on right after the
+                        // needle (another anchor may follow in the same line).
+                        let start = memchr::memrchr(b'\n', &hay[self.pos..at])
+                            .map_or(self.pos, |i| self.pos + i + 1);
+                        let end = memchr::memchr(b'\n', &hay[at..]).map_or(hay.len(), |i| at + i);
+                        let line = &hay[start..end];
+                        let stage1 = &self.pre.stage1;
+                        let possible = stage1
+                            .confirmed(hay, searcher, pattern, at)
+                            .flat_map(|a| &stage1.anchor_rules[a])
+                            .any(|&r| self.pre.rule_possible(r, line));
+                        if !possible {
+                            self.next_needle[searcher] = self.search(searcher, at + 1);
+                            continue;
+                        }
+                        at
+                    }
+                }
+            };
             let start =
-                memchr::memrchr(b'\n', &hay[self.pos..hit]).map_or(self.pos, |i| self.pos + i + 1);
-            let end = memchr::memchr(b'\n', &hay[hit..]).map_or(hay.len(), |i| hit + i);
+                memchr::memrchr(b'\n', &hay[self.pos..at]).map_or(self.pos, |i| self.pos + i + 1);
+            let end = memchr::memchr(b'\n', &hay[at..]).map_or(hay.len(), |i| at + i);
             self.pos = end + 1;
             if self.pre.possible(&hay[start..end], &mut self.mask, &mut self.scratch) {
                 return Some(start..end);
@@ -296,11 +600,13 @@ impl Iterator for PackCandidates<'_, '_> {
 }
 
 /// How rare a clause's literals are in CloudTrail traffic, for picking a rule's first-stage
-/// clause: action names first, then the shortest literal's length.
-fn rarity(literals: &[Literal], clause: &Clause) -> (bool, usize) {
+/// clause: one every line must hold (not a flattened field's) first, then action names, then
+/// the shortest literal's length.
+fn rarity(literals: &[Literal], clause: &Clause) -> (bool, bool, usize) {
+    let everywhere = clause.iter().all(|&l| !literals[l].flattened);
     let all_actions = clause.iter().all(|&l| literals[l].action);
     let shortest = clause.iter().map(|&l| literals[l].bytes.len()).min().unwrap_or(0);
-    (all_actions, shortest)
+    (everywhere, all_actions, shortest)
 }
 
 /// The clauses that must hold for `expr` to be true (see the module's documentation).
@@ -345,6 +651,8 @@ fn necessary(set: &RuleSet, expr: &Expr, literals: &mut Vec<Literal>) -> Vec<Cla
                 Some(mut lit) => {
                     lit.flattened = matches!(source, Source::Flattened(..));
                     lit.action = path == "event.action";
+                    lit.rendered_wildcard =
+                        matches!(source, Source::Rendered(_)) && matches!(test, Test::Wildcard(_));
                     let at = literals.iter().position(|l| *l == lit).unwrap_or_else(|| {
                         literals.push(lit);
                         literals.len() - 1
@@ -391,6 +699,7 @@ fn literal_of(test: &Test) -> Option<Literal> {
         quote_after,
         flattened: false,
         action: false,
+        rendered_wildcard: false,
     };
     match test {
         Test::Exists => None,
@@ -410,9 +719,12 @@ fn literal_of(test: &Test) -> Option<Literal> {
             Some(lit(&v.as_bytes()[s..e], s == 0, e == v.len()))
         }
         Test::Wildcard(p) => {
-            // Runs of number characters may come from a number written back by Java.
+            // Runs that may be part of a number written back by Java (`1.0E-7`, `Infinity`
+            // for `1e400`) need not be in the bytes.
             let usable = |run: &[u8]| {
-                !run.iter().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'E' | b'-'))
+                let java = |b: &u8| b.is_ascii_digit() || matches!(b, b'.' | b'E' | b'-');
+                let special = |word: &[u8]| memchr::memmem::find(word, run).is_some();
+                !run.iter().all(java) && !special(b"-Infinity") && !special(b"NaN")
             };
             let last = p.pieces.len().saturating_sub(1);
             let mut best: Option<Literal> = None;
@@ -421,9 +733,14 @@ fn literal_of(test: &Test) -> Option<Literal> {
                 if best.as_ref().is_some_and(|b| b.bytes.len() >= e - s) {
                     continue;
                 }
-                let before = n == 0 && !p.leading && s == 0;
-                let after = n == last && !p.trailing && e == piece.len();
-                best = Some(lit(&piece.as_bytes()[s..e], before, after));
+                let run = &piece.as_bytes()[s..e];
+                // The text may be a bare token (a number or a boolean in an ECS document): its
+                // ends need a quote only when no token starts or ends that way.
+                let bare_start = matches!(run[0], b'-' | b'0'..=b'9' | b't' | b'f');
+                let bare_end = matches!(run[run.len() - 1], b'0'..=b'9' | b'e');
+                let before = n == 0 && !p.leading && s == 0 && !bare_start;
+                let after = n == last && !p.trailing && e == piece.len() && !bare_end;
+                best = Some(lit(run, before, after));
             }
             best
         }
@@ -497,6 +814,17 @@ mod tests {
             "x".repeat(LONG_LINE)
         );
         assert_eq!(rules_on(&pre, &long), [0]);
+    }
+
+    #[test]
+    fn needles_at_the_same_place_are_all_tried() {
+        // `.amazon` is a needle of its own; `iam.amazonaws.com` and `guardduty.amazonaws.com`
+        // share `.amazona`, which starts where `.amazon` does.
+        let pre = prefilter(&[
+            "event.provider: (kms*.amazon*aws.com or iam.amazonaws.com or guardduty.amazonaws.com)",
+        ]);
+        let hay = r#"{"eventSource":"kms.amazonaws.com"}"#;
+        assert_eq!(pre.candidate_lines(hay.as_bytes()).count(), 1);
     }
 
     #[test]

@@ -333,6 +333,10 @@ enum Val {
     Node(u32),
     /// Text the pipeline makes (`aws.cloudtrail`, `success`, a lowercased value).
     Text(String),
+    /// Some string that equals no term: `event.action` rendered from a non-string `eventName`
+    /// (RULE.md section 4, "a string like `{0=DisableKey}`"), and whether it is surely short
+    /// enough to be indexed (its value's own string form is at most half of `ignore_above`).
+    Opaque { short: bool },
 }
 
 /// The values of every field of the rule set for one document or record: per field, its values,
@@ -486,6 +490,8 @@ impl Walk<'_, '_, '_> {
         match tape[i] {
             Node::Object { len, .. } => {
                 check_unique_keys(tape, i, len, self.keys).map_err(|_| ())?;
+                // Every object inside a flattened field counts, in arrays too.
+                let flat = flat.map(|f| Flat { depth: f.depth + 1, ..f });
                 if flat.is_some_and(|f| f.depth > FLATTENED_DEPTH) {
                     return Err(());
                 }
@@ -502,18 +508,18 @@ impl Walk<'_, '_, '_> {
                             let key_len = f.key_len + usize::from(f.key_len > 0) + key.len();
                             Some(Flat { key_len, ..f })
                         }
-                        None => self
-                            .set
-                            .flattened_roots
-                            .iter()
-                            .copied()
-                            .find(|&r| usize::from(next[r]) == self.set.fields[r].path.len())
-                            .map(|root| Flat { depth: 0, key_len: 0, root }),
+                        None => self.set.flattened_roots.iter().find_map(|&root| {
+                            let path = &self.set.fields[root].path;
+                            if usize::from(next[root]) == path.len() {
+                                return Some(Flat { depth: 0, key_len: 0, root });
+                            }
+                            // A dotted key that goes on past the root (`root.a.b`) is the root
+                            // holding the key `a.b` (inside a flattened field keys are not
+                            // split): the root's object is entered.
+                            let tail = past(path, here[root], at_root, key)?;
+                            Some(Flat { depth: 1, key_len: tail.len(), root })
+                        }),
                     };
-                    let inner_flat = inner_flat.map(|f| match tape[j + 1] {
-                        Node::Object { .. } => Flat { depth: f.depth + 1, ..f },
-                        _ => f,
-                    });
                     j = self.value(j + 1, level + 1, false, inner_flat)?;
                 }
                 Ok(j)
@@ -561,10 +567,21 @@ impl Walk<'_, '_, '_> {
     }
 }
 
+/// When `key`, extending a matched prefix `pos` of `path` (as [`extend`] does), covers the rest
+/// of `path` and goes on past it with `.`: what follows.
+fn past<'k>(path: &str, pos: u16, at_root: bool, key: &'k str) -> Option<&'k str> {
+    if pos == DEAD {
+        return None;
+    }
+    let rest = &path[usize::from(pos)..];
+    let rest = if at_root { rest } else { rest.strip_prefix('.')? };
+    key.strip_prefix(rest)?.strip_prefix('.')
+}
+
 /// Where a walk is inside a flattened field.
 #[derive(Clone, Copy, Debug)]
 struct Flat {
-    /// Objects entered below the root.
+    /// Objects entered within the field, the root's own first (objects in arrays count).
     depth: usize,
     /// The length of the dotted key below the root.
     key_len: usize,
@@ -738,10 +755,43 @@ fn valid(tape: &[Node], keys: &mut Vec<u32>) -> bool {
 /// pipeline would give them.
 fn raw_values(set: &RuleSet, tape: &[Node], src: &[u8], record: usize, values: &mut Values) {
     values.fields.clear();
+    let mut numbers = Numbers::new(tape, src);
     for field in &set.fields {
-        values.fields.push(raw_field(tape, record, field));
+        values.fields.push(raw_field(tape, record, field, &mut numbers));
     }
     resolve_numbers(tape, src, values, true);
+}
+
+/// The value at `path` of direct object members below `at` (no array on the way), unless the
+/// pipeline removes it.
+fn value_at(tape: &[Node], at: usize, path: &[&str]) -> Option<usize> {
+    let v = path.iter().try_fold(at, |v, key| member(tape, v, key))?;
+    (!is_removed(tape, v)).then_some(v)
+}
+
+/// The number tokens of a tape's source, read when first needed: the pipeline's `toString()`
+/// writes a raw record's numbers as Jackson read them, which the tape does not keep.
+struct Numbers<'t, 'n, 's> {
+    tape: &'t [Node<'n>],
+    src: &'s [u8],
+    /// Per tape index of a number, its token; filled on first use.
+    tokens: Option<std::collections::HashMap<usize, &'s str>>,
+}
+
+impl<'t, 'n, 's> Numbers<'t, 'n, 's> {
+    fn new(tape: &'t [Node<'n>], src: &'s [u8]) -> Numbers<'t, 'n, 's> {
+        Numbers { tape, src, tokens: None }
+    }
+
+    /// The length of the pipeline's text of the number at tape index `i`.
+    fn java_len(&mut self, i: usize) -> usize {
+        let (tape, src) = (self.tape, self.src);
+        let tokens = self.tokens.get_or_insert_with(|| {
+            let numbers = (0..tape.len()).filter(|&i| is_number(&tape[i]));
+            numbers.zip(number_tokens(src)).collect()
+        });
+        tokens.get(&i).map_or(0, |t| utf16_len(&jackson(t)))
+    }
 }
 
 fn is_number(node: &Node) -> bool {
@@ -827,7 +877,12 @@ fn at_path(tape: &[Node], at: usize, path: &[&str], out: &mut Vec<Val>) {
     }
 }
 
-fn raw_field(tape: &[Node], record: usize, field: &Field) -> Option<Vec<Val>> {
+fn raw_field(
+    tape: &[Node],
+    record: usize,
+    field: &Field,
+    numbers: &mut Numbers,
+) -> Option<Vec<Val>> {
     let mut out = Vec::new();
     let first_string = |path: &[&str]| {
         let mut vals = Vec::new();
@@ -838,13 +893,15 @@ fn raw_field(tape: &[Node], record: usize, field: &Field) -> Option<Vec<Val>> {
     match &field.source {
         Source::Dataset => out.push(Val::Text(CLOUDTRAIL_DATASET.to_string())),
         Source::Path(path) => at_path(tape, record, path, &mut out),
-        Source::Rendered(key) => {
-            if let Some(v) = member(tape, record, key) {
-                if matches!(tape[v], Node::String(s) if !crate::REMOVED_STRINGS.contains(&s)) {
-                    out.push(Val::Node(v as u32));
-                }
+        Source::Rendered(key) => match member(tape, record, key) {
+            Some(v) if is_removed(tape, v) => {}
+            Some(v) if matches!(tape[v], Node::String(_)) => out.push(Val::Node(v as u32)),
+            Some(v) => {
+                let short = to_string_len(tape, v, numbers).is_some_and(|n| n <= 1024 / 2);
+                out.push(Val::Opaque { short });
             }
-        }
+            None => {}
+        },
         Source::Outcome => {
             let failed = ["errorCode", "errorMessage"]
                 .iter()
@@ -859,29 +916,30 @@ fn raw_field(tape: &[Node], record: usize, field: &Field) -> Option<Vec<Val>> {
             }
         }
         Source::SourceIp => {
-            let mut vals = Vec::new();
-            at_path(tape, record, &["sourceIPAddress"], &mut vals);
-            out.extend(
-                vals.into_iter().filter(|v| {
-                    text(tape, v).is_some_and(|t| t.parse::<std::net::IpAddr>().is_ok())
-                }),
-            );
+            // The pipeline's grok reads a string only: an array gives no `source.ip`.
+            if let Some(v) = member(tape, record, "sourceIPAddress") {
+                if matches!(tape[v], Node::String(t) if t.parse::<std::net::IpAddr>().is_ok()) {
+                    out.push(Val::Node(v as u32));
+                }
+            }
         }
         Source::UserName => {
             let kind = first_string(&["userIdentity", "type"])
                 .and_then(|v| text(tape, &v).map(|t| t.into_owned()));
+            // Copied whole from the first path present (arrays and numbers included).
+            let issuer_path = ["userIdentity", "sessionContext", "sessionIssuer", "userName"];
             let issuer = matches!(kind.as_deref(), Some("AssumedRole" | "FederatedUser"))
-                .then(|| {
-                    first_string(&["userIdentity", "sessionContext", "sessionIssuer", "userName"])
-                })
+                .then(|| value_at(tape, record, &issuer_path))
                 .flatten();
-            let name = issuer.or_else(|| first_string(&["userIdentity", "userName"]));
+            let name = issuer.or_else(|| value_at(tape, record, &["userIdentity", "userName"]));
             let auth = member(tape, record, "eventName").map(|i| tape[i])
                 == Some(Node::String("UserAuthentication"));
             let name = name.or_else(|| {
-                auth.then(|| first_string(&["additionalEventData", "UserName"])).flatten()
+                auth.then(|| value_at(tape, record, &["additionalEventData", "UserName"])).flatten()
             });
-            out.extend(name);
+            if let Some(name) = name {
+                at_path(tape, name, &[], &mut out);
+            }
         }
         Source::UserId => {
             let kind = first_string(&["userIdentity", "type"])
@@ -901,7 +959,8 @@ fn raw_field(tape: &[Node], record: usize, field: &Field) -> Option<Vec<Val>> {
         }
         Source::Flattened(member_name, rest) => {
             let Some(root) = member(tape, record, member_name) else { return Some(out) };
-            if to_string_len(tape, root) + 256 >= FLATTENED_LEAF {
+            // The pipeline copies the member when its `toString()` is shorter than 32,766.
+            if to_string_len(tape, root, numbers).is_some_and(|n| n >= FLATTENED_LEAF) {
                 return None;
             }
             flattened_leaves(tape, root, rest, &mut out);
@@ -955,23 +1014,40 @@ fn all_leaves(tape: &[Node], i: usize, out: &mut Vec<Val>) {
 
 /// The length of Java's `Map.toString()` / `List.toString()` of the value at `i` (`{k=v, ...}`,
 /// `[a, b]`), as the pipeline computes before it decides whether to keep a flattened copy.
-fn to_string_len(tape: &[Node], i: usize) -> usize {
+///
+/// Lengths are Java's (UTF-16 code units), of the value after the pipeline's removal of empty
+/// values (`None` when the value itself is removed).
+fn to_string_len(tape: &[Node], i: usize, numbers: &mut Numbers) -> Option<usize> {
+    let joined =
+        |lengths: &[usize]| 2 + lengths.iter().sum::<usize>() + 2 * lengths.len().saturating_sub(1);
     match tape[i] {
-        Node::Object { len, .. } => {
-            let inner: usize = member_keys(tape, i)
-                .map(|k| match tape[k] {
-                    Node::String(key) => key.chars().count() + 1 + to_string_len(tape, k + 1),
-                    _ => 0,
+        _ if is_removed(tape, i) => None,
+        Node::Object { .. } => {
+            let lengths: Vec<usize> = member_keys(tape, i)
+                .filter_map(|k| match tape[k] {
+                    Node::String(key) => {
+                        Some(utf16_len(key) + 1 + to_string_len(tape, k + 1, numbers)?)
+                    }
+                    _ => None,
                 })
-                .sum();
-            2 + inner + 2 * len.saturating_sub(1)
+                .collect();
+            Some(joined(&lengths))
         }
-        Node::Array { len, .. } => {
-            let inner: usize = children(tape, i).map(|c| to_string_len(tape, c)).sum();
-            2 + inner + 2 * len.saturating_sub(1)
+        Node::Array { .. } => {
+            let lengths: Vec<usize> =
+                children(tape, i).filter_map(|c| to_string_len(tape, c, numbers)).collect();
+            Some(joined(&lengths))
         }
-        _ => text(tape, &Val::Node(i as u32)).map_or(4, |t| t.chars().count()),
+        Node::String(s) => Some(utf16_len(s)),
+        Node::Static(StaticNode::Bool(b)) => Some(if b { 4 } else { 5 }),
+        Node::Static(StaticNode::Null) => None,
+        Node::Static(_) => Some(numbers.java_len(i)),
     }
+}
+
+/// A string's length as Java counts it: UTF-16 code units.
+fn utf16_len(s: &str) -> usize {
+    s.chars().map(char::len_utf16).sum()
 }
 
 /// Every rule on `values`, whose nodes are leaves of `tape`.
@@ -988,21 +1064,34 @@ fn eval(set: &RuleSet, tape: &[Node], e: &Expr, values: &Values) -> Tri {
         Expr::Not(e) => eval(set, tape, e, values).not(),
         Expr::Pred(f, test) => match &values.fields[*f] {
             None => Tri::Unknown,
-            Some(vals) if vals.iter().any(|v| holds(set.fields[*f].kind, test, tape, v)) => {
-                Tri::True
-            }
-            Some(_) => Tri::False,
+            Some(vals) => vals
+                .iter()
+                .map(|v| holds(set.fields[*f].kind, test, tape, v))
+                .fold(Tri::False, Tri::or),
         },
     }
 }
 
 /// Whether one value of a field satisfies a test, as the field's mapping indexes it.
-fn holds(kind: FieldKind, test: &Test, tape: &[Node], v: &Val) -> bool {
-    let Some(indexed) = indexed(kind, tape, v) else { return false };
-    match test {
+fn holds(kind: FieldKind, test: &Test, tape: &[Node], v: &Val) -> Tri {
+    if let Val::Opaque { short } = v {
+        // A string of unknown text that equals no term.
+        return match test {
+            Test::Exists if *short => Tri::True,
+            Test::Exact(_) => Tri::False,
+            Test::Exists | Test::Wildcard(_) => Tri::Unknown,
+        };
+    }
+    let Some(indexed) = indexed(kind, tape, v) else { return Tri::False };
+    let held = match test {
         Test::Exists => true,
         Test::Exact(want) => indexed == *want,
         Test::Wildcard(p) => p.matches(&indexed),
+    };
+    if held {
+        Tri::True
+    } else {
+        Tri::False
     }
 }
 
@@ -1010,7 +1099,8 @@ fn holds(kind: FieldKind, test: &Test, tape: &[Node], v: &Val) -> bool {
 fn indexed<'t>(kind: FieldKind, tape: &'t [Node], v: &'t Val) -> Option<std::borrow::Cow<'t, str>> {
     let t = text(tape, v)?;
     match kind {
-        FieldKind::Keyword { ignore_above } if t.chars().count() > ignore_above => None,
+        // Elasticsearch compares Java's `String.length()`: UTF-16 code units.
+        FieldKind::Keyword { ignore_above } if utf16_len(&t) > ignore_above => None,
         FieldKind::Boolean => match t.as_ref() {
             "true" | "false" => Some(t),
             _ => None,
@@ -1024,6 +1114,7 @@ fn text<'t>(tape: &'t [Node], v: &'t Val) -> Option<std::borrow::Cow<'t, str>> {
     use std::borrow::Cow;
     match v {
         Val::Text(t) => Some(Cow::Borrowed(t.as_str())),
+        Val::Opaque { .. } => None,
         Val::Node(i) => match tape[*i as usize] {
             Node::String(s) => Some(Cow::Borrowed(s)),
             Node::Static(StaticNode::Bool(b)) => {
@@ -1058,7 +1149,12 @@ pub fn java_double(f: f64) -> String {
             s + ".0"
         }
     } else {
-        let s = format!("{f:e}");
+        let mut s = format!("{f:e}");
+        if f.abs() < f64::MIN_POSITIVE && !s.contains('.') {
+            // A subnormal whose shortest decimal has one digit: Java writes the closest
+            // decimal of two digits (`4.9E-324` for the smallest double, not `5.0E-324`).
+            s = format!("{f:.1e}");
+        }
         let (mantissa, exponent) = s.split_once('e').expect("scientific notation");
         let mantissa =
             if mantissa.contains('.') { mantissa.to_string() } else { format!("{mantissa}.0") };
@@ -1182,7 +1278,9 @@ mod tests {
         let dash = r#"{"eventSource":"s","eventName":"e","errorCode":"-","userAgent":"none"}"#;
         assert_eq!(t("event.outcome: success and not user_agent.original: *", dash), Tri::True);
         let array = r#"{"eventSource":"s","eventName":["e"]}"#;
-        assert_eq!(t("event.action: *", array), Tri::False, "a rendered array equals nothing");
+        assert_eq!(t("event.action: e", array), Tri::False, "a rendered array equals no term");
+        assert_eq!(t("event.action: *", array), Tri::True, "but it is a value");
+        assert_eq!(t("event.action: *e*", array), Tri::Unknown, "whose text is not specified");
     }
 
     #[test]

@@ -14,6 +14,7 @@
 #![deny(missing_docs)]
 
 pub mod gen;
+pub mod kql;
 pub mod props;
 
 use std::fmt;
@@ -444,13 +445,13 @@ pub fn evaluate_record(config: &Config, record: &[u8]) -> Verdict {
 }
 
 /// An object with `eventSource` and `eventName` keys.
-fn is_raw_record(value: &Json) -> bool {
+pub(crate) fn is_raw_record(value: &Json) -> bool {
     value.get("eventSource").is_some() && value.get("eventName").is_some()
 }
 
 /// The value as the pipeline's first script leaves it: `null`, `""`, `"-"`, `"none"`, and
 /// objects and arrays left empty, removed (`None`), recursively.
-fn without_empty(value: &Json) -> Option<Json> {
+pub(crate) fn without_empty(value: &Json) -> Option<Json> {
     match value {
         Json::Null => None,
         Json::String(s) if ["", "-", "none"].iter().any(|e| s.is(e)) => None,

@@ -105,6 +105,6 @@ fn the_pack_prefilter_has_a_literal_for_every_rule() {
     let loaded = kmsguard_rules::load(&[data.join("detection-rules/aws")]);
     let set = kmsguard_rules::compile(&loaded.rules, None);
     let pre = kmsguard_matcher::packfilter::PackPrefilter::new(&set);
-    eprintln!("{} anchors, {} unfiltered", pre.anchor_count(), pre.unfiltered_rules());
+    eprintln!("{:?} anchors/needles, {} unfiltered", pre.anchor_count(), pre.unfiltered_rules());
     assert_eq!(pre.unfiltered_rules(), 0);
 }
