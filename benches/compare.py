@@ -8,6 +8,7 @@ ratio of each command's time to kmsguard filter mode's.
 
     python3 benches/compare.py                      # every profile, 256 MiB each
     python3 benches/compare.py --profiles mixed --size 64M --rounds 5
+    python3 benches/compare.py --rules ../shared/data/detection-rules/aws   # also a rule pack
 
 It installs ripgrep and jq from Debian when they are missing (as root).
 """
@@ -108,6 +109,9 @@ def main():
     ap.add_argument("--size", default="256M")
     ap.add_argument("--jq-size", default="16M")
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--rules", help="a rule directory for --rules (Elastic's AWS rules): adds the "
+                    "pack's filter and tag runs")
+    ap.add_argument("--no-jq", action="store_true", help="leave jq out (it takes most of the time)")
     args = ap.parse_args()
     ensure_tools()
     size = size_bytes(args.size)
@@ -129,6 +133,13 @@ def main():
             "cat": (["cat"], path),
             f"jq select (first {args.jq_size})": (["jq", "-c", JQ_FILTER], jq_path),
         }
+        if args.no_jq:
+            del commands[f"jq select (first {args.jq_size})"]
+        if args.rules:
+            pack = [k, "--rules", args.rules, "--no-warn", "refused"]
+            commands["kmsguard --rules (pack) filter"] = (pack, path)
+            commands["kmsguard --rules (pack) tag"] = (pack + ["--mode", "tag"], path)
+            commands["kmsguard --rules (pack) filter --threads 2"] = (pack + ["--threads", "2"], path)
         times = {name: [] for name in commands}
         for _ in range(args.rounds):
             for name, (cmd, stdin) in commands.items():

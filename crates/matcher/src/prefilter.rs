@@ -17,6 +17,14 @@
 //!
 //! When a rule's terms hold bytes that other escapes can produce (`"`, `\`, `/`, control
 //! characters) or non-ASCII text, the escape literal widens to a lone backslash.
+//!
+//! # Whole terms
+//!
+//! A keyword term matches a whole string value, so where a term's literal is found, a line is a
+//! candidate only when a whole term stands there between the quotes of a JSON string: `"` before
+//! it, and `"` (or, inside an envelope's escaped record, `\`) after it. `leKey` in
+//! `"DisableKeyRotation"` then costs a few byte comparisons, not a parse. Lines with the escape
+//! literal are candidates as they are.
 
 use memchr::memmem::Finder;
 
@@ -26,6 +34,9 @@ use crate::rule::{Clause, Rule, RAW_FIELD_MAP};
 #[derive(Clone, Debug)]
 pub struct Prefilter {
     finders: Vec<Finder<'static>>,
+    /// Per finder, the terms that hold its literal and where (empty: no confirmation, as for
+    /// the escape literal).
+    terms: Vec<Vec<(Vec<u8>, usize)>>,
 }
 
 impl Prefilter {
@@ -35,15 +46,41 @@ impl Prefilter {
     /// A rule with no such clause gets a prefilter that passes every line.
     pub fn new(rule: &Rule) -> Prefilter {
         let Some(clause) = literal_clause(rule) else {
-            return Prefilter { finders: Vec::new() };
+            return Prefilter { finders: Vec::new(), terms: Vec::new() };
         };
         let mut needles = term_needles(clause.terms);
         let plain =
             clause.terms.iter().flat_map(|t| t.bytes()).all(|b| b.is_ascii_graphic() || b == b' ')
                 && !clause.terms.iter().any(|t| t.contains(['"', '\\', '/']));
+        // Whole-term confirmation needs terms a JSON string holds verbatim.
+        let terms = needles
+            .iter()
+            .map(|n| {
+                let holders = clause.terms.iter().filter_map(|t| {
+                    let at = memchr::memmem::find(t.as_bytes(), n)?;
+                    Some((t.as_bytes().to_vec(), at))
+                });
+                if plain {
+                    holders.collect()
+                } else {
+                    Vec::new()
+                }
+            })
+            .chain([Vec::new()])
+            .collect();
         needles.push(if plain { b"\\u00".to_vec() } else { b"\\".to_vec() });
         let finders = needles.iter().map(|n| Finder::new(n).into_owned()).collect();
-        Prefilter { finders }
+        Prefilter { finders, terms }
+    }
+
+    /// Whether finder `f`'s literal, found at `at` of `hay`, is part of a whole term there (or
+    /// needs no confirmation).
+    fn confirms(&self, f: usize, hay: &[u8], at: usize) -> bool {
+        let terms = &self.terms[f];
+        terms.is_empty()
+            || terms.iter().any(|(term, offset)| {
+                at.checked_sub(*offset).is_some_and(|start| whole_term_at(hay, start, term))
+            })
     }
 
     /// The literals this prefilter searches for, in order.
@@ -53,7 +90,12 @@ impl Prefilter {
 
     /// Whether `line` is a candidate (holds one of the literals).
     pub fn is_candidate(&self, line: &[u8]) -> bool {
-        self.finders.is_empty() || self.finders.iter().any(|f| f.find(line).is_some())
+        self.finders.is_empty()
+            || self
+                .finders
+                .iter()
+                .enumerate()
+                .any(|(n, f)| f.find_iter(line).any(|at| self.confirms(n, line, at)))
     }
 
     /// Iterates over the candidate lines of `haystack`, a buffer of `\n`-terminated lines (the
@@ -103,6 +145,19 @@ fn literal_clause(rule: &Rule) -> Option<&Clause> {
         .min_by(|a, b| a.share.total_cmp(&b.share))
 }
 
+/// Whether `term` stands whole at `start` of `hay`: between a string's quotes, unless it could
+/// be a bare token there (a number or a boolean) on that side.
+fn whole_term_at(hay: &[u8], start: usize, term: &[u8]) -> bool {
+    let end = start + term.len();
+    if hay.get(start..end) != Some(term) {
+        return false;
+    }
+    let bare_start = matches!(term.first(), Some(b'-' | b'0'..=b'9' | b't' | b'f' | b'n'));
+    let bare_end = matches!(term.last(), Some(b'0'..=b'9' | b'e' | b'l'));
+    (bare_start || (start > 0 && hay[start - 1] == b'"'))
+        && (bare_end || matches!(hay.get(end), Some(b'"' | b'\\')))
+}
+
 /// Iterator over candidate line ranges, returned by [`Prefilter::candidate_lines`].
 #[derive(Debug)]
 pub struct CandidateLines<'p, 'h> {
@@ -115,17 +170,17 @@ pub struct CandidateLines<'p, 'h> {
 }
 
 impl CandidateLines<'_, '_> {
-    /// The offset of the first literal occurrence at or after `self.pos`.
-    fn next_hit(&mut self) -> Option<usize> {
+    /// The first literal occurrence at or after `self.pos`: its offset and its finder.
+    fn next_hit(&mut self) -> Option<(usize, usize)> {
         let hay = self.haystack;
-        let mut best = usize::MAX;
-        for (next, finder) in self.next.iter_mut().zip(&self.pre.finders) {
+        let mut best = (usize::MAX, 0);
+        for (n, (next, finder)) in self.next.iter_mut().zip(&self.pre.finders).enumerate() {
             if *next != usize::MAX && *next < self.pos {
                 *next = finder.find(&hay[self.pos..]).map_or(usize::MAX, |i| self.pos + i);
             }
-            best = best.min(*next);
+            best = best.min((*next, n));
         }
-        (best != usize::MAX).then_some(best)
+        (best.0 != usize::MAX).then_some(best)
     }
 }
 
@@ -137,7 +192,19 @@ impl Iterator for CandidateLines<'_, '_> {
         if self.pos >= hay.len() {
             return None;
         }
-        let hit = if self.pre.finders.is_empty() { self.pos } else { self.next_hit()? };
+        let hit = if self.pre.finders.is_empty() {
+            self.pos
+        } else {
+            loop {
+                let (hit, n) = self.next_hit()?;
+                if self.pre.confirms(n, hay, hit) {
+                    break hit;
+                }
+                // Not a whole term: look for the literal again right after it.
+                let next = self.pre.finders[n].find(&hay[hit + 1..]);
+                self.next[n] = next.map_or(usize::MAX, |i| hit + 1 + i);
+            }
+        };
         let start =
             memchr::memrchr(b'\n', &hay[self.pos..hit]).map_or(self.pos, |i| self.pos + i + 1);
         let end = memchr::memchr(b'\n', &hay[hit..]).map_or(hay.len(), |i| hit + i);
@@ -172,22 +239,53 @@ mod tests {
 
     #[test]
     fn finds_each_candidate_line_once() {
-        let hay = "a\nDisableKey DisableKey\nb\nx ScheduleKeyDeletion\n\\u0044\nc";
-        assert_eq!(lines(hay), ["DisableKey DisableKey", "x ScheduleKeyDeletion", "\\u0044"]);
+        let hay = "a\n\"DisableKey\" \"DisableKey\"\nb\nx \"ScheduleKeyDeletion\"\n\\u0044\nc";
+        assert_eq!(
+            lines(hay),
+            [r#""DisableKey" "DisableKey""#, r#"x "ScheduleKeyDeletion""#, "\\u0044"]
+        );
     }
 
     #[test]
     fn first_and_last_lines_without_newline() {
-        assert_eq!(lines("DisableKey"), ["DisableKey"]);
-        assert_eq!(lines("x\nDisableKey"), ["DisableKey"]);
-        assert_eq!(lines("DisableKey\n"), ["DisableKey"]);
+        assert_eq!(lines(r#""DisableKey""#), [r#""DisableKey""#]);
+        assert_eq!(lines("x\n\"DisableKey\""), [r#""DisableKey""#]);
+        assert_eq!(lines("\"DisableKey\"\n"), [r#""DisableKey""#]);
         assert!(lines("").is_empty());
         assert!(lines("Decrypt\nEncrypt\n").is_empty());
     }
 
     #[test]
     fn literals_in_adjacent_lines_are_not_merged() {
-        assert_eq!(lines("DisableKey\nScheduleKeyDeletion"), ["DisableKey", "ScheduleKeyDeletion"]);
+        assert_eq!(
+            lines("\"DisableKey\"\n\"ScheduleKeyDeletion\""),
+            [r#""DisableKey""#, r#""ScheduleKeyDeletion""#]
+        );
+    }
+
+    #[test]
+    fn only_whole_terms_are_candidates() {
+        let hay = concat!(
+            r#"{"eventName":"DisableKeyRotation"}"#,
+            "\n",
+            r#"{"eventName":"EnableKey","x":"ScheduleKeyDeletions"}"#,
+            "\n",
+            r#"{"message":"{\"eventName\":\"DisableKey\"}"}"#,
+            "\n",
+            r#"{"eventName":"DisableKeyRotation","also":["DisableKey"]}"#,
+            "\n",
+            "DisableKey\n",
+        );
+        assert_eq!(
+            lines(hay),
+            [
+                r#"{"message":"{\"eventName\":\"DisableKey\"}"}"#,
+                r#"{"eventName":"DisableKeyRotation","also":["DisableKey"]}"#
+            ]
+        );
+        let pre = Prefilter::new(&Rule::kms_cmk_disabled_or_scheduled_for_deletion());
+        assert!(!pre.is_candidate(br#"{"eventName":"EnableKeyRotation"}"#));
+        assert!(pre.is_candidate(br#"{"eventName":"EnableKeyRotation","b":"ScheduleKeyDeletion"}"#));
     }
 
     #[test]
