@@ -384,6 +384,12 @@ impl PackPrefilter {
         if self.rendered_wildcards() && non_string_event_name(line) {
             return true;
         }
+        self.clauses_hold(rule, line)
+    }
+
+    /// Whether each clause of rule `rule` has a literal in `line` (no escape, and `eventName`
+    /// only as a string, in it).
+    fn clauses_hold(&self, rule: usize, line: &[u8]) -> bool {
         let long = line.len() >= LONG_LINE;
         self.clauses[rule].iter().all(|clause| {
             clause.iter().any(|&l| {
@@ -407,6 +413,10 @@ impl PackPrefilter {
         let escaped = self.escape.find(line).is_some()
             || (self.rendered_wildcards() && non_string_event_name(line));
         let long = line.len() >= LONG_LINE;
+        if !escaped && !long {
+            self.possible_by_anchors(line, mask);
+            return !mask.is_empty();
+        }
         // Per literal, whether the line holds it (with its quotes).
         scratch.clear();
         scratch.resize(self.literals.len(), 0);
@@ -445,6 +455,37 @@ impl PackPrefilter {
             }
         }
         !mask.is_empty()
+    }
+
+    /// [`PackPrefilter::possible`] for a line that holds no escape, no non-string `eventName`,
+    /// and is shorter than [`LONG_LINE`]: a rule may fire only when its first-stage clause has a
+    /// literal there, which the first stage's needles find; only those rules' other clauses
+    /// are then looked for. (Over a line of a few KiB this costs a few Teddy passes, where
+    /// looking for every literal of the pack costs an automaton walk of every byte.)
+    fn possible_by_anchors(&self, line: &[u8], mask: &mut RuleMask) {
+        for (rule, cnf) in self.clauses.iter().enumerate() {
+            if cnf.is_empty() {
+                mask.set(rule);
+            }
+        }
+        let stage1 = &self.stage1;
+        for (s, searcher) in stage1.searchers.iter().enumerate() {
+            let mut from = 0;
+            while let Some(m) = searcher.find(&line[from..]) {
+                let (at, pattern) = (from + m.start(), m.pattern().as_usize());
+                from = at + 1;
+                if stage1.event_name == Some((s, pattern)) {
+                    continue;
+                }
+                for a in stage1.confirmed(line, s, pattern, at) {
+                    for &rule in &stage1.anchor_rules[a] {
+                        if !mask.contains(rule) && self.clauses_hold(rule, line) {
+                            mask.set(rule);
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Iterates over the lines of `haystack` (`\n`-terminated; the last may lack its `\n`) on
