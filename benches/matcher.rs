@@ -2,13 +2,20 @@
 //! and the exact path beside simd-json's own parse of the same lines.
 //!
 //! Every benchmark checks its answer (the generator's match count) before it is timed.
+//!
+//! `rule-count` is the per-event cost of a rule pack (`--rules`) against its size: the seed
+//! rule written as KQL, then 9, 84 and 999 synthetic rules beside it, in Elastic's shape
+//! (dataset, provider, action, outcome; some with a `not` or a wildcard), over services the
+//! corpus holds but actions it never makes, so every line they add is a non-candidate the
+//! cross-rule prefilter must reject. The curve should be nearly flat.
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use kmsguard_corpus::{Generator, Profile};
-use kmsguard_matcher::Matcher;
-use kmsguard_transform::{Options, Transform};
+use kmsguard_matcher::{kql, Matcher};
+use kmsguard_rules::PackRule;
+use kmsguard_transform::{Options, Pack, PackHandle, Transform};
 
 const CORPUS_BYTES: usize = 8 << 20;
 
@@ -93,5 +100,78 @@ fn exact_vs_simd_json(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, profiles, paths, exact_vs_simd_json);
+/// The seed rule, as Elastic's TOML states it.
+const SEED_QUERY: &str = "event.dataset:aws.cloudtrail and event.provider:kms.amazonaws.com and \
+    event.action:(\"DisableKey\" or \"ScheduleKeyDeletion\") and event.outcome:success";
+
+/// Rule `i` of the synthetic pack (`i >= 1`; rule 0 is the seed rule).
+fn synthetic_query(i: usize) -> String {
+    const SERVICES: [&str; 6] = ["iam", "s3", "ec2", "sts", "cloudtrail", "guardduty"];
+    const VERBS: [&str; 5] = ["Delete", "Put", "Update", "Detach", "Stop"];
+    const NOUNS: [&str; 5] = ["Policy", "Bucket", "Detector", "Snapshot", "Trail"];
+    let service = SERVICES[i % SERVICES.len()];
+    let action = format!("{}{}{i}", VERBS[i % 5], NOUNS[(i / 5) % 5]);
+    let base = format!(
+        "event.dataset:aws.cloudtrail and event.provider:{service}.amazonaws.com and \
+         event.action:{action} and event.outcome:success"
+    );
+    match i % 3 {
+        0 => base,
+        1 => format!("{base} and not aws.cloudtrail.user_identity.type:AWSService"),
+        _ => format!("{base} and user_agent.original:*console*"),
+    }
+}
+
+fn pack_rule(i: usize, query: &str) -> PackRule {
+    PackRule {
+        id: format!("synthetic-{i}"),
+        name: format!("Synthetic rule {i}"),
+        tag: format!("synthetic-{i}"),
+        severity: "low".into(),
+        risk_score: 21,
+        author: vec!["kmsguard".into()],
+        license: "MIT".into(),
+        references: Vec::new(),
+        threat: Vec::new(),
+        max_signals: 100,
+        query_text: query.into(),
+        query: kql::parse(query).expect("a synthetic rule is in the subset"),
+        path: format!("synthetic-{i}.toml").into(),
+    }
+}
+
+fn pack_filter(handle: &std::sync::Arc<PackHandle>, data: &[u8]) -> u64 {
+    let options = Options { count_lines: false, ..Options::default() };
+    let mut t = Transform::with_pack(handle.clone(), options);
+    t.process(data, &mut std::io::sink()).unwrap();
+    t.stats().rules[0].matches
+}
+
+/// Per-event cost against the number of rules (mixed and broad traffic).
+fn rule_count(c: &mut Criterion) {
+    for profile in [Profile::MIXED, Profile::BROAD] {
+        let (data, _) = corpus(profile);
+        let events = data.iter().filter(|&&b| b == b'\n').count() as u64;
+        let expected = filter(&data);
+        let mut group = c.benchmark_group(format!("rule-count/{}", profile.name));
+        group.sample_size(20);
+        group.throughput(Throughput::Elements(events));
+        for count in [1, 10, 85, 1000] {
+            let rules: Vec<PackRule> = (0..count)
+                .map(|i| {
+                    let q = if i == 0 { SEED_QUERY.to_string() } else { synthetic_query(i) };
+                    pack_rule(i, &q)
+                })
+                .collect();
+            let handle = PackHandle::new(Pack::new(&rules, None));
+            assert_eq!(pack_filter(&handle, &data), expected, "{count} rules: wrong answer");
+            group.bench_function(count.to_string(), |b| {
+                b.iter(|| pack_filter(&handle, black_box(&data)))
+            });
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(benches, profiles, paths, exact_vs_simd_json, rule_count);
 criterion_main!(benches);
