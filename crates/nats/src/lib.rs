@@ -1,0 +1,363 @@
+//! kmsguard workers on NATS JetStream.
+//!
+//! A worker pulls batches from a durable JetStream pull consumer, decides each message with the
+//! same transform as the `kmsguard` binary (a message is one NDJSON line, or several), publishes
+//! what the mode says to an output subject, waits for every publish ack, and only then acks the
+//! input messages. Each output carries a `Nats-Msg-Id` derived from the input's stream and
+//! sequence, so a message decided twice (a worker died before its acks reached the server, and
+//! the message was redelivered to another) is stored once by the output stream within its
+//! duplicate window: delivery is at least once, and the output stream holds no duplicate.
+//!
+//! Start N workers on one consumer and the server shares the messages between them.
+//!
+//! The decision itself ([`Decider`]) is synchronous and knows nothing of NATS, so the matcher's
+//! hot path never touches tokio.
+
+#![deny(missing_docs)]
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::AckKind;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use kmsguard_transform::{Mode, Stats, Transform};
+
+/// Decides message payloads with a [`Transform`] and cuts its output into the messages to
+/// publish: in filter mode one message per alert line (without its `\n`), in tag mode one
+/// message holding the whole transformed payload, byte for byte as the binary would write it.
+///
+/// The outputs of a payload are the same every time it is decided (the transform is
+/// deterministic; alert budgets, which depend on the clock, are not offered here), which is
+/// what makes the message ids of a redelivered message the same as the first time.
+pub struct Decider {
+    transform: Transform,
+    mode: Mode,
+    out: Vec<u8>,
+    decided: usize,
+}
+
+impl Decider {
+    /// A decider over `transform`, whose options' mode must be `mode`.
+    pub fn new(transform: Transform, mode: Mode) -> Decider {
+        Decider { transform, mode, out: Vec::new(), decided: 0 }
+    }
+
+    /// Decides `payload`, named `name` in `--explain` lines, and returns the messages to
+    /// publish, in order.
+    pub fn decide(&mut self, name: &str, payload: &[u8]) -> Vec<Bytes> {
+        self.out.clear();
+        self.transform.begin_input(self.decided, name);
+        self.decided += 1;
+        // Writing into a Vec cannot fail, and the transform's only other error is
+        // `--on-invalid fail`, which this crate does not offer.
+        let _ = self.transform.run(&mut &payload[..], &mut self.out);
+        match self.mode {
+            Mode::Tag if self.out.is_empty() => Vec::new(),
+            Mode::Tag => vec![Bytes::copy_from_slice(&self.out)],
+            Mode::Filter => self
+                .out
+                .split(|&b| b == b'\n')
+                .filter(|line| !line.is_empty())
+                .map(Bytes::copy_from_slice)
+                .collect(),
+        }
+    }
+
+    /// The transform's counts so far (lines, candidates, matches, invalid, per rule).
+    pub fn stats(&self) -> &Stats {
+        self.transform.stats()
+    }
+}
+
+/// The deduplication id of output `index` of the message at `sequence` in `stream`: the same
+/// for every delivery of that message, distinct for every other output.
+pub fn message_id(stream: &str, sequence: u64, index: usize, mode: Mode) -> String {
+    match mode {
+        Mode::Tag => format!("kmsguard:{stream}:{sequence}"),
+        Mode::Filter => format!("kmsguard:{stream}:{sequence}:{index}"),
+    }
+}
+
+/// Where a worker reads and writes.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The input stream.
+    pub stream: String,
+    /// The durable pull consumer on it, shared by every worker.
+    pub consumer: String,
+    /// The subject outputs are published to; a stream must capture it (for acks and
+    /// deduplication).
+    pub subject_out: String,
+    /// Messages asked for per pull.
+    pub batch: usize,
+    /// How long a pull waits for messages before it returns what it has.
+    pub expires: Duration,
+    /// How long a message whose outputs could not all be published waits before it is
+    /// redelivered (a negative acknowledgement with this delay).
+    pub retry_delay: Duration,
+    /// A periodic one-line report on stderr, if any.
+    pub report_every: Option<Duration>,
+}
+
+/// A worker's counts.
+#[derive(Clone, Debug, Default)]
+pub struct WorkerStats {
+    /// Input messages received (redeliveries included).
+    pub messages_in: u64,
+    /// Payload bytes received.
+    pub bytes_in: u64,
+    /// Output messages the output stream acknowledged (duplicates it dropped included).
+    pub messages_out: u64,
+    /// Of those, how many the output stream reported as duplicates (decided before).
+    pub duplicates_out: u64,
+    /// Input messages delivered more than once.
+    pub redeliveries: u64,
+    /// Input messages terminated: an output larger than the server accepts.
+    pub poison: u64,
+    /// Publishes that failed or were not acknowledged; their inputs are redelivered.
+    pub publish_errors: u64,
+    /// Pulls that returned at least one message.
+    pub batches: u64,
+    /// Errors pulling from the consumer (the server away, say); the worker pulls again.
+    pub pull_errors: u64,
+    /// Sum and maximum of each batch's publish time, first publish to last ack.
+    pub publish_time: Duration,
+    /// The longest.
+    pub publish_time_max: Duration,
+}
+
+impl WorkerStats {
+    /// The counts as one JSON object, with the transform's: the periodic report and `--stats`.
+    pub fn to_json(&self, decided: &Stats, elapsed: Duration) -> serde_json::Value {
+        let mean_ms = if self.batches == 0 {
+            0.0
+        } else {
+            self.publish_time.as_secs_f64() * 1e3 / self.batches as f64
+        };
+        let mut json = serde_json::json!({
+            "elapsed_s": elapsed.as_secs_f64(),
+            "messages_in": self.messages_in,
+            "bytes_in": self.bytes_in,
+            "messages_out": self.messages_out,
+            "duplicates_out": self.duplicates_out,
+            "matches": decided.matches,
+            "invalid": decided.invalid,
+            "oversized": decided.oversized,
+            "redeliveries": self.redeliveries,
+            "poison": self.poison,
+            "publish_errors": self.publish_errors,
+            "pull_errors": self.pull_errors,
+            "batches": self.batches,
+            "publish_ms_mean": mean_ms,
+            "publish_ms_max": self.publish_time_max.as_secs_f64() * 1e3,
+        });
+        if !decided.rules.is_empty() {
+            json["rules"] = decided.to_json(elapsed)["rules"].clone();
+        }
+        json
+    }
+}
+
+/// What becomes of an input message once its outputs are settled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Settle {
+    /// Every output is stored: acknowledge.
+    Ack,
+    /// Some output could not be published: redeliver later.
+    Retry,
+    /// Some output can never be published (larger than the server's limit): terminate.
+    Term,
+}
+
+/// Runs a worker until `stop` is set: then it pulls no more, settles the batch in flight, and
+/// returns its counts.
+///
+/// # Errors
+///
+/// Only when the consumer cannot be looked up at the start; once running, errors of the server
+/// or the network are counted and retried (the client reconnects by itself).
+pub async fn run(
+    client: async_nats::Client,
+    config: &Config,
+    decider: &mut Decider,
+    stop: &AtomicBool,
+) -> Result<WorkerStats, async_nats::Error> {
+    let js = async_nats::jetstream::new(client.clone());
+    let stream = js.get_stream(&config.stream).await?;
+    let consumer: async_nats::jetstream::consumer::PullConsumer =
+        stream.get_consumer(&config.consumer).await?;
+    let mode = decider.mode;
+    let mut stats = WorkerStats::default();
+    let started = Instant::now();
+    let mut last_report = Instant::now();
+    let mut backoff = Duration::from_millis(50);
+    while !stop.load(Ordering::Relaxed) {
+        if let Some(every) = config.report_every {
+            if last_report.elapsed() >= every {
+                eprintln!("{}", stats.to_json(decider.stats(), started.elapsed()));
+                last_report = Instant::now();
+            }
+        }
+        let fetched =
+            consumer.fetch().max_messages(config.batch).expires(config.expires).messages().await;
+        let mut batch = match fetched {
+            Ok(batch) => batch,
+            Err(e) => {
+                stats.pull_errors += 1;
+                eprintln!("kmsguard-nats: pull failed, pulling again: {e}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        let mut messages = Vec::new();
+        while let Some(next) = batch.next().await {
+            match next {
+                Ok(m) => messages.push(m),
+                Err(e) => {
+                    stats.pull_errors += 1;
+                    eprintln!("kmsguard-nats: pull interrupted: {e}");
+                    break;
+                }
+            }
+        }
+        if messages.is_empty() {
+            continue;
+        }
+        backoff = Duration::from_millis(50);
+        stats.batches += 1;
+        let publish_start = Instant::now();
+        let mut settle = vec![Settle::Ack; messages.len()];
+        let mut pending = Vec::new();
+        for (i, m) in messages.iter().enumerate() {
+            stats.messages_in += 1;
+            stats.bytes_in += m.payload.len() as u64;
+            let Ok(info) = m.info() else {
+                // Not a JetStream delivery (no ack subject to read): nothing to settle.
+                continue;
+            };
+            if info.delivered > 1 {
+                stats.redeliveries += 1;
+            }
+            let (stream_name, sequence) = (info.stream.to_string(), info.stream_sequence);
+            let name = format!("{stream_name}:{sequence}");
+            for (k, out) in decider.decide(&name, &m.payload).into_iter().enumerate() {
+                let id = message_id(&stream_name, sequence, k, mode);
+                let message = PublishMessage::build().payload(out).message_id(&id);
+                match js.send_publish(config.subject_out.clone(), message).await {
+                    Ok(ack) => pending.push((i, ack)),
+                    Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                        eprintln!("kmsguard-nats: {name}: output {k} terminated: {e}");
+                        settle[i] = Settle::Term;
+                    }
+                    Err(e) => {
+                        stats.publish_errors += 1;
+                        eprintln!("kmsguard-nats: {name}: publish failed, will retry: {e}");
+                        if settle[i] == Settle::Ack {
+                            settle[i] = Settle::Retry;
+                        }
+                    }
+                }
+            }
+        }
+        for (i, ack) in pending {
+            match ack.await {
+                Ok(ack) => {
+                    stats.messages_out += 1;
+                    stats.duplicates_out += u64::from(ack.duplicate);
+                }
+                Err(e) => {
+                    stats.publish_errors += 1;
+                    eprintln!("kmsguard-nats: publish not acknowledged, will retry: {e}");
+                    if settle[i] == Settle::Ack {
+                        settle[i] = Settle::Retry;
+                    }
+                }
+            }
+        }
+        let took = publish_start.elapsed();
+        stats.publish_time += took;
+        stats.publish_time_max = stats.publish_time_max.max(took);
+        for (m, s) in messages.iter().zip(&settle) {
+            let kind = match s {
+                Settle::Ack => AckKind::Ack,
+                Settle::Retry => AckKind::Nak(Some(config.retry_delay)),
+                Settle::Term => {
+                    stats.poison += 1;
+                    AckKind::Term
+                }
+            };
+            // An ack that does not arrive is no loss: the message is redelivered after
+            // AckWait and its outputs deduplicated.
+            if let Err(e) = m.ack_with(kind).await {
+                eprintln!("kmsguard-nats: ack failed (the message will be redelivered): {e}");
+            }
+        }
+        if let Err(e) = client.flush().await {
+            eprintln!("kmsguard-nats: flush failed (unacked messages will be redelivered): {e}");
+        }
+    }
+    Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kmsguard_matcher::Matcher;
+    use kmsguard_transform::Options;
+
+    const MATCH: &str = r#"{"event":{"dataset":"aws.cloudtrail","provider":"kms.amazonaws.com","action":"DisableKey","outcome":"success"}}"#;
+    const OTHER: &str = r#"{"event":{"dataset":"aws.cloudtrail","provider":"kms.amazonaws.com","action":"EnableKey","outcome":"success"}}"#;
+
+    fn decider(mode: Mode) -> Decider {
+        let options = Options { mode, ..Options::default() };
+        Decider::new(Transform::new(Matcher::new(), options), mode)
+    }
+
+    #[test]
+    fn filter_mode_publishes_each_alert_alone() {
+        let mut d = decider(Mode::Filter);
+        let payload = format!("{MATCH}\n{OTHER}\nnot json\n{MATCH}");
+        let out = d.decide("s:1", payload.as_bytes());
+        assert_eq!(out.len(), 2);
+        for o in &out {
+            assert!(!o.ends_with(b"\n"));
+            let v: serde_json::Value = serde_json::from_slice(o).unwrap();
+            assert_eq!(v["rule"]["id"], "6951f15e-533c-4a60-8014-a3c3ab851a1b");
+        }
+        assert!(d.decide("s:2", OTHER.as_bytes()).is_empty());
+        assert_eq!((d.stats().matches, d.stats().invalid), (2, 0));
+    }
+
+    #[test]
+    fn tag_mode_publishes_every_byte_once() {
+        let mut d = decider(Mode::Tag);
+        let payload = format!("{OTHER}\nnot json\n");
+        assert_eq!(d.decide("s:1", payload.as_bytes()), vec![Bytes::from(payload.clone())]);
+        let out = d.decide("s:2", MATCH.as_bytes());
+        assert_eq!(out.len(), 1);
+        assert!(!out[0].ends_with(b"\n"), "a payload without \\n stays without");
+        assert!(out[0].starts_with(&MATCH.as_bytes()[..MATCH.len() - 2]));
+        assert!(std::str::from_utf8(&out[0]).unwrap().contains(r#""tags":["kms-cmk"#));
+        assert!(d.decide("s:3", b"").is_empty());
+    }
+
+    #[test]
+    fn the_same_payload_gives_the_same_outputs() {
+        let mut d = decider(Mode::Filter);
+        let payload = format!("{MATCH}\n{MATCH}\n");
+        let first = d.decide("s:1", payload.as_bytes());
+        assert_eq!(d.decide("s:1", payload.as_bytes()), first);
+    }
+
+    #[test]
+    fn ids_name_the_input_and_the_output() {
+        assert_eq!(message_id("IN", 7, 2, Mode::Filter), "kmsguard:IN:7:2");
+        assert_eq!(message_id("IN", 7, 0, Mode::Tag), "kmsguard:IN:7");
+        assert_ne!(message_id("IN", 7, 0, Mode::Filter), message_id("IN", 7, 1, Mode::Filter));
+        assert_ne!(message_id("IN", 7, 0, Mode::Filter), message_id("IN", 70, 0, Mode::Filter));
+    }
+}
