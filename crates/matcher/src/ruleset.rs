@@ -213,7 +213,35 @@ pub struct RuleSet {
     /// The roots of the flattened fields among the fields: their limits hold whatever the rules
     /// read.
     flattened_roots: Vec<usize>,
+    /// Per rule, the fields its program reads.
+    rule_fields: Vec<Vec<usize>>,
     assume_dataset: Option<String>,
+}
+
+/// The part of a rule set one decision needs: the rules the prefilter left possible, and the
+/// fields they read (with the dataset fields and flattened roots, which every document is
+/// read for). Rules outside it are `false` by the prefilter's soundness, so they are neither
+/// walked for nor evaluated.
+#[derive(Clone, Debug, Default)]
+struct Scope {
+    rules: Vec<usize>,
+    fields: Vec<usize>,
+}
+
+impl Scope {
+    /// Rules `rules` of `set`.
+    fn of(&mut self, set: &RuleSet, rules: impl Iterator<Item = usize>) {
+        self.rules.clear();
+        self.rules.extend(rules);
+        self.fields.clear();
+        self.fields.extend(set.dataset_fields);
+        self.fields.extend(&set.flattened_roots);
+        for &r in &self.rules {
+            self.fields.extend(&set.rule_fields[r]);
+        }
+        self.fields.sort_unstable();
+        self.fields.dedup();
+    }
 }
 
 impl RuleSet {
@@ -229,6 +257,7 @@ impl RuleSet {
             exprs: Vec::new(),
             dataset_fields: [0, 0],
             flattened_roots: Vec::new(),
+            rule_fields: Vec::new(),
             assume_dataset,
         };
         let mapped = |set: &mut RuleSet, path| set.field_index(path).expect("a mapped field");
@@ -237,6 +266,9 @@ impl RuleSet {
         set.flattened_roots = FLATTENED.iter().map(|(root, _)| mapped(&mut set, root)).collect();
         for (n, q) in queries.iter().enumerate() {
             let expr = set.compile(q).map_err(|e| (n, e))?;
+            let mut fields = Vec::new();
+            expr_fields(&expr, &mut fields);
+            set.rule_fields.push(fields);
             set.exprs.push(expr);
         }
         Ok(set)
@@ -269,17 +301,7 @@ impl RuleSet {
 
     /// The fields rule `rule` reads, each once, in the order its query names them.
     pub fn rule_fields(&self, rule: usize) -> Vec<&str> {
-        fn walk(e: &Expr, out: &mut Vec<usize>) {
-            match e {
-                Expr::Or(v) | Expr::And(v) => v.iter().for_each(|e| walk(e, out)),
-                Expr::Not(e) => walk(e, out),
-                Expr::Pred(f, _) if !out.contains(f) => out.push(*f),
-                Expr::Pred(..) => {}
-            }
-        }
-        let mut fields = Vec::new();
-        walk(&self.exprs[rule], &mut fields);
-        fields.into_iter().map(|f| self.fields[f].path.as_str()).collect()
+        self.rule_fields[rule].iter().map(|&f| self.fields[f].path.as_str()).collect()
     }
 
     /// The fields rule `rule` reads whose values raw shapes cannot tell, so that its verdict on
@@ -326,6 +348,16 @@ impl RuleSet {
     }
 }
 
+/// The fields `e` reads, each once, in the order it names them.
+fn expr_fields(e: &Expr, out: &mut Vec<usize>) {
+    match e {
+        Expr::Or(v) | Expr::And(v) => v.iter().for_each(|e| expr_fields(e, out)),
+        Expr::Not(e) => expr_fields(e, out),
+        Expr::Pred(f, _) if !out.contains(f) => out.push(*f),
+        Expr::Pred(..) => {}
+    }
+}
+
 /// A value of a field, for the length of one decision.
 #[derive(Clone, Debug)]
 enum Val {
@@ -367,6 +399,7 @@ pub struct PackEvaluator {
     values: Values,
     states: Vec<u16>,
     verdicts: Vec<Tri>,
+    scope: Scope,
 }
 
 impl Default for PackEvaluator {
@@ -406,6 +439,7 @@ impl PackEvaluator {
             values: Values::default(),
             states: Vec::new(),
             verdicts: Vec::new(),
+            scope: Scope::default(),
         }
     }
 
@@ -417,8 +451,28 @@ impl PackEvaluator {
 
     /// Decides one line against every rule of `set`.
     pub fn evaluate(&mut self, set: &RuleSet, line: &[u8]) -> PackVerdict {
+        self.scope.of(set, 0..set.len());
+        self.decide_in_scope(set, line)
+    }
+
+    /// Decides one line against the rules of `set` that `mask` holds, which must hold every
+    /// rule [`PackPrefilter::possible`](crate::packfilter::PackPrefilter::possible) leaves
+    /// possible on the line: the others are `false` there, and are given that verdict without
+    /// being evaluated, or their fields walked for.
+    pub fn evaluate_masked(
+        &mut self,
+        set: &RuleSet,
+        line: &[u8],
+        mask: &crate::packfilter::RuleMask,
+    ) -> PackVerdict {
+        self.scope.of(set, mask.iter().filter(|&r| r < set.len()));
+        self.decide_in_scope(set, line)
+    }
+
+    fn decide_in_scope(&mut self, set: &RuleSet, line: &[u8]) -> PackVerdict {
         let line = line.strip_prefix(BOM).unwrap_or(line);
-        let PackEvaluator { outer, inner, keys, values, states, verdicts } = self;
+        let PackEvaluator { outer, inner, keys, values, states, verdicts, scope } = self;
+        let scope = &*scope;
         verdicts.clear();
         verdicts.resize(set.exprs.len(), Tri::False);
         let decided = outer.with_tape(line, false, |tape, encoded| {
@@ -428,11 +482,11 @@ impl PackEvaluator {
             values.reset(set.fields.len());
             states.clear();
             states.resize(set.fields.len() * (crate::MAX_DEPTH + 2), 0);
-            let mut walk = Walk { tape, set, states, values, keys };
+            let mut walk = Walk { tape, set, active: &scope.fields, states, values, keys };
             walk.value(0, 0, true, None).ok()?;
             resolve_numbers(tape, line, values, false);
             let mut ctx = Inner { inner, keys, encoded };
-            Some(decide(set, tape, line, values, verdicts, &mut ctx))
+            Some(decide(set, scope, tape, line, values, verdicts, &mut ctx))
         });
         match decided.flatten() {
             Some(shape) => PackVerdict::Decided(shape),
@@ -448,15 +502,17 @@ impl PackEvaluator {
     /// Decides `record`, one record of a CloudTrail log file already judged valid as a whole,
     /// as the raw record it is (never as a container of its own); false when it is not one.
     pub fn evaluate_raw(&mut self, set: &RuleSet, record: &[u8]) -> bool {
-        let PackEvaluator { outer, values, verdicts, .. } = self;
+        let PackEvaluator { outer, values, verdicts, scope, .. } = self;
+        scope.of(set, 0..set.len());
+        let scope = &*scope;
         verdicts.clear();
         verdicts.resize(set.exprs.len(), Tri::False);
         let raw = outer.with_tape(record, false, |tape, _| {
             if !is_raw_record(tape, 0) {
                 return false;
             }
-            raw_values(set, tape, record, 0, values);
-            eval_all(set, tape, values, verdicts);
+            raw_values(set, scope, tape, record, 0, values);
+            eval_all(set, scope, tape, values, verdicts);
             true
         });
         raw == Some(true)
@@ -467,6 +523,8 @@ impl PackEvaluator {
 struct Walk<'a, 't, 'n> {
     tape: &'t [Node<'n>],
     set: &'a RuleSet,
+    /// The fields walked for (the scope's); the others' states are never read.
+    active: &'a [usize],
     states: &'a mut [u16],
     values: &'a mut Values,
     keys: &'a mut Vec<u32>,
@@ -500,7 +558,7 @@ impl Walk<'_, '_, '_> {
                     let Node::String(key) = tape[j] else { return Err(()) };
                     let (here, next) = self.states.split_at_mut((level + 1) * n);
                     let here = &here[level * n..];
-                    for f in 0..n {
+                    for &f in self.active {
                         next[f] = extend(&self.set.fields[f].path, here[f], at_root, key);
                     }
                     let inner_flat = match flat {
@@ -553,10 +611,9 @@ impl Walk<'_, '_, '_> {
                     }
                 }
                 let here = &self.states[level * n..(level + 1) * n];
-                let fields = self.set.fields.iter().zip(here).zip(&mut self.values.fields);
-                for ((field, &state), vals) in fields {
-                    if usize::from(state) == field.path.len() {
-                        if let Some(vals) = vals.as_mut() {
+                for &f in self.active {
+                    if usize::from(here[f]) == self.set.fields[f].path.len() {
+                        if let Some(vals) = self.values.fields[f].as_mut() {
                             vals.push(Val::Node(i as u32));
                         }
                     }
@@ -599,6 +656,7 @@ struct Inner<'p> {
 /// Recognises the shape (RULE.md section 4, in order) and fills `verdicts`.
 fn decide(
     set: &RuleSet,
+    scope: &Scope,
     tape: &[Node],
     src: &[u8],
     ecs: &Values,
@@ -608,7 +666,7 @@ fn decide(
     let mut raw = Values::default();
     // 1. A CloudTrail log file.
     if let Some(records) = records_of(tape, 0) {
-        decide_records(set, tape, src, &records, &mut raw, verdicts);
+        decide_records(set, scope, tape, src, &records, &mut raw, verdicts);
         return Shape::Records;
     }
     // 2. A LookupEvents response.
@@ -618,7 +676,7 @@ fn decide(
             let mut one = vec![Tri::False; verdicts.len()];
             let ok = children(tape, events).all(|event| {
                 let Some(record) = member(tape, event, "CloudTrailEvent") else { return false };
-                let ok = inner.raw(set, tape, record, &mut one);
+                let ok = inner.raw(set, scope, tape, record, &mut one);
                 all.iter_mut().zip(&one).for_each(|(a, b)| *a = a.or(*b));
                 ok
             });
@@ -632,15 +690,15 @@ fn decide(
     let detail_type = member(tape, 0, "detail-type").map(|i| tape[i]);
     if detail_type == Some(Node::String(EVENTBRIDGE_DETAIL_TYPE)) {
         if let Some(d) = member(tape, 0, "detail").filter(|&d| is_raw_record(tape, d)) {
-            raw_values(set, tape, src, d, &mut raw);
-            eval_all(set, tape, &raw, verdicts);
+            raw_values(set, scope, tape, src, d, &mut raw);
+            eval_all(set, scope, tape, &raw, verdicts);
             return Shape::EventBridge;
         }
     }
     // 4. A raw record.
     if is_raw_record(tape, 0) {
-        raw_values(set, tape, src, 0, &mut raw);
-        eval_all(set, tape, &raw, verdicts);
+        raw_values(set, scope, tape, src, 0, &mut raw);
+        eval_all(set, scope, tape, &raw, verdicts);
         return Shape::Raw;
     }
     // 5. A shipper envelope: CloudTrail's dataset, or no dataset at all.
@@ -650,7 +708,7 @@ fn decide(
     let counted = |vals: &[Val]| vals.iter().any(|v| text(tape, v).is_some());
     if names(a) || names(b) || (!counted(a) && !counted(b)) {
         if let Some(message) = member(tape, 0, "message") {
-            if inner.envelope(set, tape, message, verdicts) {
+            if inner.envelope(set, scope, tape, message, verdicts) {
                 return Shape::Envelope;
             }
         }
@@ -666,7 +724,7 @@ fn decide(
             }
         }
     }
-    eval_all(set, tape, &ecs, verdicts);
+    eval_all(set, scope, tape, &ecs, verdicts);
     Shape::Ecs
 }
 
@@ -683,6 +741,7 @@ fn records_of(tape: &[Node], obj: usize) -> Option<Vec<usize>> {
 /// Every rule on every record: a rule fires when it fires on some record (Kleene's `or`).
 fn decide_records(
     set: &RuleSet,
+    scope: &Scope,
     tape: &[Node],
     src: &[u8],
     records: &[usize],
@@ -692,15 +751,22 @@ fn decide_records(
     let mut one = vec![Tri::False; verdicts.len()];
     verdicts.iter_mut().for_each(|v| *v = Tri::False);
     for &r in records {
-        raw_values(set, tape, src, r, raw);
-        eval_all(set, tape, raw, &mut one);
+        raw_values(set, scope, tape, src, r, raw);
+        eval_all(set, scope, tape, raw, &mut one);
         verdicts.iter_mut().zip(&one).for_each(|(a, b)| *a = a.or(*b));
     }
 }
 
 impl Inner<'_> {
     /// Decides the raw record held as a string at `i`; false when it is not one.
-    fn raw(&mut self, set: &RuleSet, tape: &[Node], i: usize, verdicts: &mut [Tri]) -> bool {
+    fn raw(
+        &mut self,
+        set: &RuleSet,
+        scope: &Scope,
+        tape: &[Node],
+        i: usize,
+        verdicts: &mut [Tri],
+    ) -> bool {
         let Node::String(text) = tape[i] else { return false };
         let keys = &mut *self.keys;
         self.inner
@@ -709,8 +775,8 @@ impl Inner<'_> {
                     return false;
                 }
                 let mut raw = Values::default();
-                raw_values(set, t, text.as_bytes(), 0, &mut raw);
-                eval_all(set, t, &raw, verdicts);
+                raw_values(set, scope, t, text.as_bytes(), 0, &mut raw);
+                eval_all(set, scope, t, &raw, verdicts);
                 true
             })
             .unwrap_or(false)
@@ -718,7 +784,14 @@ impl Inner<'_> {
 
     /// Decides the record or log file an envelope's `message` holds; false when it holds
     /// neither.
-    fn envelope(&mut self, set: &RuleSet, tape: &[Node], i: usize, verdicts: &mut [Tri]) -> bool {
+    fn envelope(
+        &mut self,
+        set: &RuleSet,
+        scope: &Scope,
+        tape: &[Node],
+        i: usize,
+        verdicts: &mut [Tri],
+    ) -> bool {
         let Node::String(text) = tape[i] else { return false };
         let keys = &mut *self.keys;
         self.inner
@@ -728,12 +801,12 @@ impl Inner<'_> {
                 }
                 let mut raw = Values::default();
                 if let Some(records) = records_of(t, 0) {
-                    decide_records(set, t, text.as_bytes(), &records, &mut raw, verdicts);
+                    decide_records(set, scope, t, text.as_bytes(), &records, &mut raw, verdicts);
                     return true;
                 }
                 if is_raw_record(t, 0) {
-                    raw_values(set, t, text.as_bytes(), 0, &mut raw);
-                    eval_all(set, t, &raw, verdicts);
+                    raw_values(set, scope, t, text.as_bytes(), 0, &mut raw);
+                    eval_all(set, scope, t, &raw, verdicts);
                     return true;
                 }
                 false
@@ -753,11 +826,19 @@ fn valid(tape: &[Node], keys: &mut Vec<u32>) -> bool {
 
 /// Every field's values for the raw record at `record` of `tape` (parsed from `src`), as the
 /// pipeline would give them.
-fn raw_values(set: &RuleSet, tape: &[Node], src: &[u8], record: usize, values: &mut Values) {
+fn raw_values(
+    set: &RuleSet,
+    scope: &Scope,
+    tape: &[Node],
+    src: &[u8],
+    record: usize,
+    values: &mut Values,
+) {
     values.fields.clear();
+    values.fields.resize_with(set.fields.len(), || Some(Vec::new()));
     let mut numbers = Numbers::new(tape, src);
-    for field in &set.fields {
-        values.fields.push(raw_field(tape, record, field, &mut numbers));
+    for &f in &scope.fields {
+        values.fields[f] = raw_field(tape, record, &set.fields[f], &mut numbers);
     }
     resolve_numbers(tape, src, values, true);
 }
@@ -1050,10 +1131,11 @@ fn utf16_len(s: &str) -> usize {
     s.chars().map(char::len_utf16).sum()
 }
 
-/// Every rule on `values`, whose nodes are leaves of `tape`.
-fn eval_all(set: &RuleSet, tape: &[Node], values: &Values, verdicts: &mut [Tri]) {
-    for (v, e) in verdicts.iter_mut().zip(&set.exprs) {
-        *v = eval(set, tape, e, values);
+/// The scope's rules on `values`, whose nodes are leaves of `tape`; the other verdicts are
+/// left as they are (`false`).
+fn eval_all(set: &RuleSet, scope: &Scope, tape: &[Node], values: &Values, verdicts: &mut [Tri]) {
+    for &r in &scope.rules {
+        verdicts[r] = eval(set, tape, &set.exprs[r], values);
     }
 }
 

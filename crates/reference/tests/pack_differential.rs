@@ -1328,6 +1328,18 @@ fn run(seed: u64, sets: usize, stats: &mut Stats) {
                     }
                 }
             }
+            // What the transform runs: only the rules the prefilter left possible, walked for
+            // and evaluated; the others false. It must decide exactly as the reference.
+            let masked = match evaluator.evaluate_masked(&set, &line, &mask) {
+                PackVerdict::Invalid => None,
+                PackVerdict::Decided(shape) => Some((shape, evaluator.verdicts().to_vec())),
+            };
+            if masked != ours {
+                stats.unsound.push(format!(
+                    "masked evaluation {masked:?} but {ours:?}, rules {texts:?} on {}",
+                    shorten(&line)
+                ));
+            }
             if !line.contains(&b'\n') {
                 if verdicts.iter().any(|v| *v != Tri::False) {
                     wanted.push(buffer.len());

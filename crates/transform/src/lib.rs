@@ -272,7 +272,10 @@ impl PackState {
     /// Decides `line`; fills `matched`, and counts unknown verdicts when `stats` is given.
     fn evaluate(&mut self, line: &[u8], stats: Option<&mut Stats>) -> Verdict {
         self.matched.clear();
-        let shape = match self.evaluator.evaluate(&self.pack.set, line) {
+        // Only the rules the prefilter leaves possible are walked for and evaluated: the
+        // others are false on this line (the pack prefilter's soundness).
+        self.pack.prefilter.possible(line, &mut self.mask, &mut self.mask_scratch);
+        let shape = match self.evaluator.evaluate_masked(&self.pack.set, line, &self.mask) {
             PackVerdict::Invalid => return Verdict::Invalid,
             PackVerdict::Decided(shape) => shape,
         };
