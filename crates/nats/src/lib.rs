@@ -15,6 +15,8 @@
 
 #![deny(missing_docs)]
 
+pub mod local;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -123,7 +125,10 @@ pub struct WorkerStats {
     pub batches: u64,
     /// Errors pulling from the consumer (the server away, say); the worker pulls again.
     pub pull_errors: u64,
-    /// Sum and maximum of each batch's publish time, first publish to last ack.
+    /// Time spent deciding messages (the matcher and transform).
+    pub decide_time: Duration,
+    /// Sum of each batch's publish time: from its first publish to its last ack, less the
+    /// time spent deciding.
     pub publish_time: Duration,
     /// The longest.
     pub publish_time_max: Duration,
@@ -151,6 +156,8 @@ impl WorkerStats {
             "publish_errors": self.publish_errors,
             "pull_errors": self.pull_errors,
             "batches": self.batches,
+            "decide_s": self.decide_time.as_secs_f64(),
+            "publish_s": self.publish_time.as_secs_f64(),
             "publish_ms_mean": mean_ms,
             "publish_ms_max": self.publish_time_max.as_secs_f64() * 1e3,
         });
@@ -230,6 +237,7 @@ pub async fn run(
         backoff = Duration::from_millis(50);
         stats.batches += 1;
         let publish_start = Instant::now();
+        let mut batch_decide = Duration::ZERO;
         let mut settle = vec![Settle::Ack; messages.len()];
         let mut pending = Vec::new();
         for (i, m) in messages.iter().enumerate() {
@@ -244,7 +252,10 @@ pub async fn run(
             }
             let (stream_name, sequence) = (info.stream.to_string(), info.stream_sequence);
             let name = format!("{stream_name}:{sequence}");
-            for (k, out) in decider.decide(&name, &m.payload).into_iter().enumerate() {
+            let decide_start = Instant::now();
+            let outputs = decider.decide(&name, &m.payload);
+            batch_decide += decide_start.elapsed();
+            for (k, out) in outputs.into_iter().enumerate() {
                 let id = message_id(&stream_name, sequence, k, mode);
                 let message = PublishMessage::build().payload(out).message_id(&id);
                 match js.send_publish(config.subject_out.clone(), message).await {
@@ -278,7 +289,8 @@ pub async fn run(
                 }
             }
         }
-        let took = publish_start.elapsed();
+        stats.decide_time += batch_decide;
+        let took = publish_start.elapsed().saturating_sub(batch_decide);
         stats.publish_time += took;
         stats.publish_time_max = stats.publish_time_max.max(took);
         for (m, s) in messages.iter().zip(&settle) {
@@ -351,6 +363,29 @@ mod tests {
         let payload = format!("{MATCH}\n{MATCH}\n");
         let first = d.decide("s:1", payload.as_bytes());
         assert_eq!(d.decide("s:1", payload.as_bytes()), first);
+    }
+
+    #[test]
+    fn split_records_gives_one_alert_per_matching_record() {
+        let options = Options { split_records: true, ..Options::default() };
+        let mut d = Decider::new(Transform::new(Matcher::new(), options), Mode::Filter);
+        let record = |name: &str| {
+            format!(
+                r#"{{"eventVersion":"1.08","eventSource":"kms.amazonaws.com","eventName":"{name}","eventID":"{name}"}}"#
+            )
+        };
+        let file = format!(
+            r#"{{"Records":[{},{},{}]}}"#,
+            record("DisableKey"),
+            record("EnableKey"),
+            record("ScheduleKeyDeletion")
+        );
+        let out = d.decide("s:1", file.as_bytes());
+        let ids: Vec<String> = out
+            .iter()
+            .map(|o| serde_json::from_slice::<serde_json::Value>(o).unwrap()["eventID"].to_string())
+            .collect();
+        assert_eq!(ids, [r#""DisableKey""#, r#""ScheduleKeyDeletion""#]);
     }
 
     #[test]

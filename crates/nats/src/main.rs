@@ -22,13 +22,13 @@ struct Args {
     #[arg(short, long, default_value = "nats://127.0.0.1:4222")]
     server: String,
     /// The input stream.
-    #[arg(long)]
+    #[arg(long, default_value = "")]
     stream: String,
     /// The durable pull consumer on the input stream, shared by every worker.
-    #[arg(long)]
+    #[arg(long, default_value = "")]
     consumer: String,
     /// The subject alerts (or tagged events) are published to; a stream must capture it.
-    #[arg(long)]
+    #[arg(long, default_value = "")]
     subject_out: String,
     /// filter: publish each alert as its own message; tag: publish every message again, matches
     /// enriched.
@@ -42,6 +42,10 @@ struct Args {
     /// stream).
     #[arg(long, value_name = "DATASET")]
     assume_dataset: Option<String>,
+    /// One output per event of a log file or LookupEvents response, or of a log file in an
+    /// envelope (as kmsguard --split-records).
+    #[arg(long)]
+    split_records: bool,
     /// Longest line evaluated, in bytes (longer lines are invalid: dropped in filter mode,
     /// passed in tag mode).
     #[arg(long, default_value_t = kmsguard_transform::DEFAULT_MAX_LINE_BYTES)]
@@ -81,6 +85,10 @@ struct Args {
     /// With --create: the streams' duplicate window, in seconds.
     #[arg(long, default_value_t = 120)]
     duplicate_window: u64,
+    /// Instead of working: publish each line of FILE (`-` for stdin) to --subject-in, wait for
+    /// the stream's acks, and exit (to try a pipeline without a shipper).
+    #[arg(long, value_name = "FILE")]
+    publish: Option<PathBuf>,
     /// Counts on stderr at exit (JSON).
     #[arg(long)]
     stats: bool,
@@ -121,6 +129,7 @@ fn decider(args: &Args) -> Result<Decider, String> {
     let options = Options {
         mode,
         max_line_bytes: args.max_line_bytes,
+        split_records: args.split_records,
         count_lines: false,
         ..Options::default()
     };
@@ -187,6 +196,18 @@ async fn work(args: Args) -> Result<(), String> {
         .connect(args.server.as_str())
         .await
         .map_err(|e| format!("cannot connect to {}: {e}", args.server))?;
+    if let Some(path) = &args.publish {
+        return publish(&client, &args.subject_in, path).await;
+    }
+    for (name, value) in [
+        ("--stream", &args.stream),
+        ("--consumer", &args.consumer),
+        ("--subject-out", &args.subject_out),
+    ] {
+        if value.is_empty() {
+            return Err(format!("{name} is required"));
+        }
+    }
     if args.create {
         let js = jetstream::new(client.clone());
         create(&args, &js).await.map_err(|e| format!("--create: {e}"))?;
@@ -222,5 +243,32 @@ async fn work(args: Args) -> Result<(), String> {
     if args.stats {
         eprintln!("{}", stats.to_json(decider.stats(), started.elapsed()));
     }
+    Ok(())
+}
+
+/// Publishes each non-empty line of `path` to `subject` through JetStream, then waits for every
+/// ack.
+async fn publish(client: &async_nats::Client, subject: &str, path: &PathBuf) -> Result<(), String> {
+    let data = if path.as_os_str() == "-" {
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut data).map(|_| data)
+    } else {
+        std::fs::read(path)
+    }
+    .map_err(|e| format!("{}: {e}", path.display()))?;
+    let js = jetstream::new(client.clone());
+    let mut acks = Vec::new();
+    for line in data.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        let ack = js
+            .publish(subject.to_string(), bytes::Bytes::copy_from_slice(line))
+            .await
+            .map_err(|e| format!("publish to {subject}: {e}"))?;
+        acks.push(ack);
+    }
+    let count = acks.len();
+    for ack in acks {
+        ack.await.map_err(|e| format!("publish to {subject}: {e}"))?;
+    }
+    eprintln!("kmsguard-nats: {count} messages published to {subject}");
     Ok(())
 }

@@ -14,6 +14,7 @@ use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use kmsguard_corpus::{Format, Generator, Profile};
+use kmsguard_nats::local::{self, Server};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_kmsguard-nats");
 
@@ -30,95 +31,16 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 
-/// The nats-server binary, or why there is none (the test then skips loudly, or fails under CI).
+/// The nats-server binary, or `None` after saying why there is none (the test then skips
+/// loudly; under CI it fails instead).
 fn nats_server(test: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("KMSGUARD_NATS_SERVER").map(PathBuf::from).or_else(|| {
-        std::env::split_paths(&std::env::var_os("PATH")?)
-            .chain([PathBuf::from("/usr/sbin")])
-            .map(|d| d.join("nats-server"))
-            .find(|p| p.is_file())
-    });
+    let path = local::binary();
     if path.is_none() {
         let why = "nats-server not found (apt-get install -y nats-server, or KMSGUARD_NATS_SERVER)";
         assert!(std::env::var_os("CI").is_none(), "{test}: {why}");
         eprintln!("SKIPPED {test}: {why}");
     }
     path
-}
-
-/// A nats-server with JetStream on a fixed loopback port and a store that outlives restarts.
-struct Server {
-    binary: PathBuf,
-    dir: PathBuf,
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Server {
-    fn start(binary: PathBuf, name: &str) -> Server {
-        let dir = std::env::temp_dir().join(format!("kmsguard-nats-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        // max_payload has no command-line flag; 16 MB lets the hostile 10 MB message in.
-        let config = format!(
-            "host: 127.0.0.1\nport: {port}\nmax_payload: 16MB\njetstream {{\n  store_dir: \"{}\"\n}}\n",
-            dir.join("store").display()
-        );
-        std::fs::write(dir.join("server.conf"), config).unwrap();
-        let mut server = Server { binary, dir, port, child: None };
-        server.up();
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    fn up(&mut self) {
-        let log = std::fs::File::create(self.dir.join("server.log")).unwrap();
-        let child = Command::new(&self.binary)
-            .arg("-c")
-            .arg(self.dir.join("server.conf"))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start nats-server");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not listen on {}", self.port);
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Stops the server as an operator restarting it would (SIGTERM: it syncs its store).
-    fn down(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            signal(&child, libc_sigterm());
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while child.try_wait().unwrap().is_none() {
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn libc_sigterm() -> &'static str {
-    "-TERM"
 }
 
 fn signal(child: &Child, sig: &str) {
@@ -339,7 +261,7 @@ async fn three_workers_share_200000_events_and_alert_exactly_async() {
     create_streams(&js, Duration::from_secs(10), 5).await;
     let (lines, expected) = events(200_000);
     assert!(expected.len() > 4000, "{} matches", expected.len());
-    let logs: Vec<PathBuf> = (0..3).map(|i| server.dir.join(format!("worker-{i}.log"))).collect();
+    let logs: Vec<PathBuf> = (0..3).map(|i| server.dir().join(format!("worker-{i}.log"))).collect();
     let workers: Vec<Child> = logs.iter().map(|l| worker(&server, &[], l)).collect();
     let start = Instant::now();
     publish_all(&js, &lines, 0).await;
@@ -376,7 +298,7 @@ async fn kill_9_and_a_server_restart_lose_and_duplicate_nothing_async() {
     // A short AckWait: a killed worker's messages go to the others after 2 s.
     create_streams(&js, Duration::from_secs(2), -1).await;
     let (lines, expected) = events(200_000);
-    let logs: Vec<PathBuf> = (0..3).map(|i| server.dir.join(format!("worker-{i}.log"))).collect();
+    let logs: Vec<PathBuf> = (0..3).map(|i| server.dir().join(format!("worker-{i}.log"))).collect();
     let mut workers: Vec<Child> = logs.iter().map(|l| worker(&server, &[], l)).collect();
     let publisher = {
         let js = js.clone();
@@ -427,7 +349,7 @@ async fn poison_and_hostile_messages_do_not_stall_the_consumer_async() {
     let server = Server::start(binary, "poison");
     let (_client, js) = connect(&server).await;
     // The worker creates the streams and the consumer itself (--create).
-    let log = server.dir.join("worker.log");
+    let log = server.dir().join("worker.log");
     let w = worker(
         &server,
         &[
@@ -484,7 +406,7 @@ async fn an_output_the_server_cannot_take_is_terminated_not_retried_async() {
     let server = Server::start(binary, "term");
     let (_client, js) = connect(&server).await;
     create_streams(&js, Duration::from_secs(2), 5).await;
-    let log = server.dir.join("worker.log");
+    let log = server.dir().join("worker.log");
     let w = worker(&server, &["--mode", "tag"], &log);
     // A match just under the server's 16 MB limit: tagged, it no longer fits.
     let mut huge = br#"{"eventSource":"kms.amazonaws.com","eventName":"DisableKey","awsRegion":"us-east-1","pad":""#.to_vec();
