@@ -19,11 +19,12 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer, stream};
+use async_nats::jetstream::{self, consumer};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use kmsguard_corpus::{Format, Generator, Profile};
 use kmsguard_nats::local::{self, Server};
+use kmsguard_nats::Topology;
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -66,37 +67,15 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Fresh streams and consumer, as `--create` makes them.
 async fn reset(js: &jetstream::Context) {
     let _ = js.delete_stream("IN").await;
     let _ = js.delete_stream("OUT").await;
-    let input = js
-        .create_stream(stream::Config {
-            name: "IN".into(),
-            subjects: vec!["ct.in".into()],
-            retention: stream::RetentionPolicy::WorkQueue,
-            storage: stream::StorageType::File,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    input
-        .create_consumer(consumer::pull::Config {
-            durable_name: Some("kmsguard".into()),
-            ack_policy: consumer::AckPolicy::Explicit,
-            ack_wait: Duration::from_secs(30),
-            max_ack_pending: 4096,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    js.create_stream(stream::Config {
-        name: "OUT".into(),
-        subjects: vec!["ct.alerts".into()],
-        storage: stream::StorageType::File,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let topology = Topology {
+        max_deliver: -1,
+        ..Topology::new("IN", "ct.in", "kmsguard", "OUT", "ct.alerts")
+    };
+    topology.create(js).await.unwrap();
 }
 
 async fn publish(js: &jetstream::Context, lines: &[Bytes]) {

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::AckKind;
+use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use kmsguard_transform::{Mode, Stats, Transform};
@@ -80,6 +81,96 @@ pub fn message_id(stream: &str, sequence: u64, index: usize, mode: Mode) -> Stri
     match mode {
         Mode::Tag => format!("kmsguard:{stream}:{sequence}"),
         Mode::Filter => format!("kmsguard:{stream}:{sequence}:{index}"),
+    }
+}
+
+/// The streams and the consumer a pipeline needs, as `--create` makes them: a work-queue input
+/// stream in file storage, a durable pull consumer with explicit acks, and an output stream;
+/// both streams deduplicate by `Nats-Msg-Id` over `duplicate_window`.
+#[derive(Clone, Debug)]
+pub struct Topology {
+    /// The input stream's name.
+    pub stream: String,
+    /// The subject it captures.
+    pub subject_in: String,
+    /// The durable consumer's name.
+    pub consumer: String,
+    /// The output stream's name.
+    pub stream_out: String,
+    /// The subject it captures (the workers' output subject).
+    pub subject_out: String,
+    /// The consumer's AckWait: a dead worker's messages go to the others after this long.
+    pub ack_wait: Duration,
+    /// The consumer's MaxDeliver (-1 for no limit).
+    pub max_deliver: i64,
+    /// The consumer's MaxAckPending, over all workers.
+    pub max_ack_pending: i64,
+    /// Both streams' duplicate window.
+    pub duplicate_window: Duration,
+}
+
+impl Topology {
+    /// The input stream `stream` capturing `subject_in`, its consumer `consumer`, and the output
+    /// stream `stream_out` capturing `subject_out`, with `--create`'s defaults: AckWait 30 s,
+    /// MaxDeliver 5, MaxAckPending 4096, a duplicate window of 2 minutes.
+    pub fn new(
+        stream: &str,
+        subject_in: &str,
+        consumer: &str,
+        stream_out: &str,
+        subject_out: &str,
+    ) -> Topology {
+        Topology {
+            stream: stream.into(),
+            subject_in: subject_in.into(),
+            consumer: consumer.into(),
+            stream_out: stream_out.into(),
+            subject_out: subject_out.into(),
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 5,
+            max_ack_pending: 4096,
+            duplicate_window: Duration::from_secs(120),
+        }
+    }
+
+    /// Creates what is missing; existing streams and consumers are left as they are.
+    ///
+    /// # Errors
+    ///
+    /// The server's refusal (a name taken by a stream of another configuration, say).
+    pub async fn create(&self, js: &jetstream::Context) -> Result<(), async_nats::Error> {
+        let input = js
+            .get_or_create_stream(stream::Config {
+                name: self.stream.clone(),
+                subjects: vec![self.subject_in.clone()],
+                retention: stream::RetentionPolicy::WorkQueue,
+                storage: stream::StorageType::File,
+                duplicate_window: self.duplicate_window,
+                ..Default::default()
+            })
+            .await?;
+        input
+            .get_or_create_consumer(
+                &self.consumer,
+                consumer::pull::Config {
+                    durable_name: Some(self.consumer.clone()),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: self.ack_wait,
+                    max_deliver: self.max_deliver,
+                    max_ack_pending: self.max_ack_pending,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        js.get_or_create_stream(stream::Config {
+            name: self.stream_out.clone(),
+            subjects: vec![self.subject_out.clone()],
+            storage: stream::StorageType::File,
+            duplicate_window: self.duplicate_window,
+            ..Default::default()
+        })
+        .await?;
+        Ok(())
     }
 }
 

@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer, stream};
+use async_nats::jetstream;
 use clap::{Parser, ValueEnum};
 use kmsguard_matcher::Matcher;
-use kmsguard_nats::{Config, Decider};
+use kmsguard_nats::{Config, Decider, Topology};
 use kmsguard_transform::{Mode, Options, Pack, PackHandle, Transform};
 
 /// Decides CloudTrail events pulled from a NATS JetStream consumer with kmsguard and publishes
@@ -152,40 +152,18 @@ fn decider(args: &Args) -> Result<Decider, String> {
     Ok(Decider::new(Transform::with_pack(pack, options), mode))
 }
 
-async fn create(args: &Args, js: &jetstream::Context) -> Result<(), async_nats::Error> {
-    let window = Duration::from_secs(args.duplicate_window);
-    let input = js
-        .get_or_create_stream(stream::Config {
-            name: args.stream.clone(),
-            subjects: vec![args.subject_in.clone()],
-            retention: stream::RetentionPolicy::WorkQueue,
-            storage: stream::StorageType::File,
-            duplicate_window: window,
-            ..Default::default()
-        })
-        .await?;
-    input
-        .get_or_create_consumer(
-            &args.consumer,
-            consumer::pull::Config {
-                durable_name: Some(args.consumer.clone()),
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(args.ack_wait),
-                max_deliver: args.max_deliver,
-                max_ack_pending: args.max_ack_pending,
-                ..Default::default()
-            },
-        )
-        .await?;
-    js.get_or_create_stream(stream::Config {
-        name: args.stream_out.clone(),
-        subjects: vec![args.subject_out.clone()],
-        storage: stream::StorageType::File,
-        duplicate_window: window,
-        ..Default::default()
-    })
-    .await?;
-    Ok(())
+fn topology(args: &Args) -> Topology {
+    Topology {
+        stream: args.stream.clone(),
+        subject_in: args.subject_in.clone(),
+        consumer: args.consumer.clone(),
+        stream_out: args.stream_out.clone(),
+        subject_out: args.subject_out.clone(),
+        ack_wait: Duration::from_secs(args.ack_wait),
+        max_deliver: args.max_deliver,
+        max_ack_pending: args.max_ack_pending,
+        duplicate_window: Duration::from_secs(args.duplicate_window),
+    }
 }
 
 async fn work(args: Args) -> Result<(), String> {
@@ -210,7 +188,7 @@ async fn work(args: Args) -> Result<(), String> {
     }
     if args.create {
         let js = jetstream::new(client.clone());
-        create(&args, &js).await.map_err(|e| format!("--create: {e}"))?;
+        topology(&args).create(&js).await.map_err(|e| format!("--create: {e}"))?;
     }
     let stop = Arc::new(AtomicBool::new(false));
     let signals = Arc::clone(&stop);

@@ -10,11 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer, stream};
+use async_nats::jetstream::{self, consumer};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use kmsguard_corpus::{Format, Generator, Profile};
 use kmsguard_nats::local::{self, Server};
+use kmsguard_nats::Topology;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_kmsguard-nats");
 
@@ -81,43 +82,15 @@ async fn connect(server: &Server) -> (async_nats::Client, jetstream::Context) {
     (client, js)
 }
 
-/// The input work queue, its consumer, and the output stream, as the README tells operators
-/// to create them.
+/// The input work queue, its consumer, and the output stream, as `--create` makes them.
 async fn create_streams(js: &jetstream::Context, ack_wait: Duration, max_deliver: i64) {
-    let input = js
-        .get_or_create_stream(stream::Config {
-            name: "IN".into(),
-            subjects: vec!["ct.in".into()],
-            retention: stream::RetentionPolicy::WorkQueue,
-            storage: stream::StorageType::File,
-            duplicate_window: Duration::from_secs(300),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    input
-        .get_or_create_consumer(
-            "kmsguard",
-            consumer::pull::Config {
-                durable_name: Some("kmsguard".into()),
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait,
-                max_deliver,
-                max_ack_pending: 4096,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    js.get_or_create_stream(stream::Config {
-        name: "OUT".into(),
-        subjects: vec!["ct.alerts".into()],
-        storage: stream::StorageType::File,
+    let topology = Topology {
+        ack_wait,
+        max_deliver,
         duplicate_window: Duration::from_secs(300),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+        ..Topology::new("IN", "ct.in", "kmsguard", "OUT", "ct.alerts")
+    };
+    topology.create(js).await.unwrap();
 }
 
 /// `count` raw CloudTrail events (one per message), 3% of them matches, and the event ids of
