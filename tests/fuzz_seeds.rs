@@ -37,3 +37,8 @@ fn tag_lossless_seeds() {
 fn prefilter_sound_seeds() {
     each_seed("prefilter_sound", props::prefilter_is_sound);
 }
+
+#[test]
+fn pack_differential_seeds() {
+    each_seed("pack_differential", props::pack_agrees);
+}

@@ -15,6 +15,7 @@
 
 pub mod gen;
 pub mod kql;
+pub mod packgen;
 pub mod props;
 
 use std::fmt;

@@ -208,3 +208,62 @@ pub fn tag_mode_is_lossless(data: &[u8]) {
 }
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Rule packs: one to eight random rules (KQL over the fields Elastic's AWS rules read) and one
+/// random document, every choice read from `data` ([`packgen`](crate::packgen)). The pack
+/// evaluator and its masked evaluation (what the transform runs) decide exactly as the reference
+/// KQL evaluator; a rule the pack prefilter rules out is false; and the buffer-wide candidate
+/// search finds the line when some rule is not false on it.
+pub fn pack_agrees(data: &[u8]) {
+    use crate::packgen::{line, query, Gen, Rng};
+    use kmsguard_matcher::kql;
+    use kmsguard_matcher::packfilter::{PackPrefilter, RuleMask};
+    use kmsguard_matcher::ruleset::{PackEvaluator, PackVerdict, RuleSet, Tri};
+
+    let mut g = Gen::with(Rng::from_bytes(data));
+    g.palette();
+    let n = 1 + g.rng.below(8);
+    let texts: Vec<String> = (0..n).map(|_| query(&mut g, 0)).collect();
+    let queries: Vec<kql::Query> = texts
+        .iter()
+        .map(|t| kql::parse(t).unwrap_or_else(|e| panic!("generated rule {t:?}: {e}")))
+        .collect();
+    let assume = match g.rng.below(20) {
+        0..=8 => None,
+        9..=18 => Some("aws.cloudtrail"),
+        _ => Some("aws.vpcflow"),
+    };
+    let set = RuleSet::new(&queries, assume.map(String::from))
+        .unwrap_or_else(|(n, e)| panic!("generated rule {:?} refused: {e}", texts[n]));
+    let (_, line) = line(&mut g);
+    let shown = String::from_utf8_lossy(&line);
+    let reference = crate::kql::evaluate_pack(&queries, assume, &line);
+    let mut evaluator = PackEvaluator::new();
+    let outcome = |verdict: PackVerdict, evaluator: &PackEvaluator| match verdict {
+        PackVerdict::Invalid => None,
+        PackVerdict::Decided(shape) => Some((shape, evaluator.verdicts().to_vec())),
+    };
+    let verdict = evaluator.evaluate(&set, &line);
+    let fast = outcome(verdict, &evaluator);
+    assert_eq!(fast, reference, "rules {texts:?}, assume {assume:?}, on {shown}");
+    let prefilter = PackPrefilter::new(&set);
+    let mut mask = RuleMask::default();
+    prefilter.possible(&line, &mut mask, &mut Vec::new());
+    let verdict = evaluator.evaluate_masked(&set, &line, &mask);
+    let masked = outcome(verdict, &evaluator);
+    assert_eq!(masked, reference, "masked: rules {texts:?}, assume {assume:?}, on {shown}");
+    let verdicts = reference.as_ref().map_or(&[][..], |(_, v)| v.as_slice());
+    for (r, v) in verdicts.iter().enumerate() {
+        assert!(
+            mask.contains(r) || *v == Tri::False,
+            "ruled out but {v:?}: {} on {shown}",
+            texts[r]
+        );
+    }
+    if !line.contains(&b'\n') && verdicts.iter().any(|v| *v != Tri::False) {
+        assert!(
+            prefilter.candidate_lines(&line).next().is_some(),
+            "the candidate search missed {shown} for {texts:?}"
+        );
+    }
+}
