@@ -70,6 +70,20 @@ impl Literal {
     }
 }
 
+/// Whether `lit` stands whole somewhere in `line`. Every occurrence is tried, overlapping ones
+/// included: in a run of 1,024 `L`s, a literal of 558 `L`s that must end before a quote stands
+/// whole only at the run's last 558 bytes, which non-overlapping matches skip.
+fn holds_in(lit: &Literal, finder: &Finder, line: &[u8]) -> bool {
+    let mut from = 0;
+    while let Some(i) = finder.find(&line[from..]) {
+        if lit.holds_at(line, from + i) {
+            return true;
+        }
+        from += i + 1;
+    }
+    false
+}
+
 /// Which rules of a set may fire on a line: a bit per rule.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RuleMask {
@@ -394,8 +408,7 @@ impl PackPrefilter {
         self.clauses[rule].iter().all(|clause| {
             clause.iter().any(|&l| {
                 let lit = &self.literals[l];
-                (long && lit.flattened)
-                    || self.finders[l].find_iter(line).any(|at| lit.holds_at(line, at))
+                (long && lit.flattened) || holds_in(lit, &self.finders[l], line)
             })
         })
     }
@@ -884,5 +897,19 @@ mod tests {
                 (r#"{"eventName":"DisableKey"}"#, vec![0])
             ]
         );
+    }
+
+    /// Found by the pack_differential fuzz target: a literal that must end before a quote,
+    /// inside a longer run of its own bytes, stands whole only at the run's end, which
+    /// non-overlapping matches skipped.
+    #[test]
+    fn overlapping_occurrences_are_all_tried() {
+        let pre = prefilter(&["user_agent.original: x*aaaa and source.address: *"]);
+        let line = r#"{"user_agent":{"original":"xaaaaaaa"},"source":{"address":"a"}}"#;
+        assert_eq!(rules_on(&pre, line), [0]);
+        assert_eq!(pre.candidate_lines(line.as_bytes()).count(), 1);
+        // And the whole check still holds: the run must end at the quote.
+        let line = r#"{"user_agent":{"original":"xaaaaaaab"},"source":{"address":"a"}}"#;
+        assert!(rules_on(&pre, line).is_empty());
     }
 }
