@@ -327,3 +327,19 @@ fn elastic_rules_tag_raw_records_as_their_ecs_documents() {
     }
     assert_eq!(fired, 27, "rule firings over the 101 pairs");
 }
+
+/// `kmsguard nats` runs the worker binary beside kmsguard, or says clearly how to get it.
+#[test]
+fn nats_runs_the_worker_or_says_where_it_is() {
+    let out = crate::util::kmsguard(&["nats", "--version"], b"");
+    let beside = Path::new(env!("CARGO_BIN_EXE_kmsguard")).with_file_name("kmsguard-nats");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if beside.is_file() {
+        assert!(out.status.success(), "{stderr}");
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("kmsguard-nats "));
+    } else {
+        // The static binary's suite, say: the worker is not built for that target.
+        assert_eq!(out.status.code(), Some(2));
+        assert!(stderr.contains("cargo build --release -p kmsguard-nats"), "{stderr}");
+    }
+}

@@ -10,6 +10,9 @@ Examples:
   kmsguard cloudtrail.ndjson                    only matching events, enriched
   kmsguard --mode tag < in.ndjson > out.ndjson  every line; matches tagged
   vector ... | kmsguard --mode tag --assume-dataset aws.cloudtrail | vector ...
+  kmsguard --rules detection-rules/rules/integrations/aws/ events.ndjson
+  kmsguard nats --stream CLOUDTRAIL --consumer kmsguard --subject-out kmsguard.alerts
+                                                a NATS JetStream worker (kmsguard-nats)
 
 Exit status: 0 when the input was read to its end (whether or not anything matched),
 1 when --on-invalid fail stopped at an invalid line, 2 on I/O or usage errors (an

@@ -28,6 +28,9 @@ use crate::output::{InputSink, Ordered, Separated};
 use crate::signal::StopOnSignal;
 
 fn main() -> ExitCode {
+    if let Some(code) = nats_subcommand() {
+        return code;
+    }
     // Computed once per run (it detects the CPU), so leaking it is what `'static` costs.
     let version: &'static str = Box::leak(cli::long_version().into_boxed_str());
     let matches = Args::command().long_version(version).get_matches_from(rules_check_alias());
@@ -727,6 +730,33 @@ fn reload_on_hangup(args: Args, handle: Arc<PackHandle>) -> impl Fn() + Send + '
             }
         }
     }
+}
+
+/// `kmsguard nats ARGS...` runs the NATS JetStream worker, `kmsguard-nats ARGS...` (README,
+/// "Across machines"): a binary of its own, beside this one or on the `PATH`, so that the async
+/// runtime and the NATS client stay out of this one. A file or directory named `nats` in the
+/// working directory is still an input.
+fn nats_subcommand() -> Option<ExitCode> {
+    use std::os::unix::process::CommandExt;
+    let mut args = std::env::args_os().skip(1);
+    if args.next().as_deref() != Some(std::ffi::OsStr::new("nats"))
+        || std::path::Path::new("nats").exists()
+    {
+        return None;
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join("kmsguard-nats")))
+        .filter(|p| p.is_file());
+    let program = beside.unwrap_or_else(|| "kmsguard-nats".into());
+    // exec only returns when it failed.
+    let err = std::process::Command::new(&program).args(args).exec();
+    eprintln!(
+        "kmsguard: nats: cannot run {}: {err} (the worker is its own binary: build it with \
+         `cargo build --release -p kmsguard-nats` and put it beside kmsguard or on the PATH)",
+        program.display()
+    );
+    Some(ExitCode::from(2))
 }
 
 /// The exit status: 0 when every input was read, 1 when --on-invalid fail stopped, 2 after an
