@@ -259,6 +259,9 @@ impl WorkerStats {
     }
 }
 
+/// How long a batch's acks may take to reach the server.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What becomes of an input message once its outputs are settled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Settle {
@@ -384,23 +387,28 @@ pub async fn run(
         let took = publish_start.elapsed().saturating_sub(batch_decide);
         stats.publish_time += took;
         stats.publish_time_max = stats.publish_time_max.max(took);
-        for (m, s) in messages.iter().zip(&settle) {
-            let kind = match s {
-                Settle::Ack => AckKind::Ack,
-                Settle::Retry => AckKind::Nak(Some(config.retry_delay)),
-                Settle::Term => {
-                    stats.poison += 1;
-                    AckKind::Term
-                }
-            };
-            // An ack that does not arrive is no loss: the message is redelivered after
-            // AckWait and its outputs deduplicated.
-            if let Err(e) = m.ack_with(kind).await {
-                eprintln!("kmsguard-nats: ack failed (the message will be redelivered): {e}");
-            }
+        for s in &settle {
+            stats.poison += u64::from(*s == Settle::Term);
         }
-        if let Err(e) = client.flush().await {
-            eprintln!("kmsguard-nats: flush failed (unacked messages will be redelivered): {e}");
+        // Acks are queued to the connection and flushed; with the server away that could wait
+        // for as long as it stays away, so it is bounded: an ack that does not arrive is no
+        // loss, the message is redelivered after AckWait and its outputs deduplicated.
+        let acked = tokio::time::timeout(SETTLE_TIMEOUT, async {
+            for (m, s) in messages.iter().zip(&settle) {
+                let kind = match s {
+                    Settle::Ack => AckKind::Ack,
+                    Settle::Retry => AckKind::Nak(Some(config.retry_delay)),
+                    Settle::Term => AckKind::Term,
+                };
+                m.ack_with(kind).await?;
+            }
+            client.flush().await.map_err(async_nats::Error::from)
+        })
+        .await;
+        match acked {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("kmsguard-nats: acks not sent (redelivered later): {e}"),
+            Err(_) => eprintln!("kmsguard-nats: acks not confirmed in time (redelivered later)"),
         }
     }
     Ok(stats)

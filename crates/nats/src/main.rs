@@ -199,11 +199,19 @@ async fn work(args: Args) -> Result<(), String> {
         else {
             return;
         };
+        let status = tokio::select! {
+            _ = term.recv() => 143,
+            _ = int.recv() => 130,
+        };
+        signals.store(true, Ordering::Relaxed);
+        // A second signal does not wait for the batch in flight (a server that went away can
+        // hold it up to its publish timeouts).
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
-        signals.store(true, Ordering::Relaxed);
+        eprintln!("kmsguard-nats: second signal: exiting without settling the batch in flight");
+        std::process::exit(status);
     });
     let config = Config {
         stream: args.stream.clone(),

@@ -49,21 +49,41 @@ fn signal(child: &Child, sig: &str) {
     assert!(status.success(), "kill {sig} {}", child.id());
 }
 
-/// A worker process on the test's consumer.
-fn worker(server: &Server, extra: &[&str], log: &Path) -> Child {
+/// A worker process on the test's consumer, killed if the test ends without stopping it (a
+/// failing assertion must not leave workers behind).
+struct Worker(Option<Child>);
+
+impl Worker {
+    fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("a running worker")
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn worker(server: &Server, extra: &[&str], log: &Path) -> Worker {
     let log = std::fs::File::create(log).unwrap();
-    Command::new(WORKER)
+    let child = Command::new(WORKER)
         .args(["--server", &server.url(), "--stream", "IN", "--consumer", "kmsguard"])
         .args(["--subject-out", "ct.alerts", "--stats", "--pull-expires-ms", "300"])
         .args(extra)
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
-        .expect("start kmsguard-nats")
+        .expect("start kmsguard-nats");
+    Worker(Some(child))
 }
 
 /// Stops a worker with SIGTERM and returns its final counts (its last stderr line).
-fn stop_worker(mut child: Child, log: &Path) -> serde_json::Value {
+fn stop_worker(mut worker: Worker, log: &Path) -> serde_json::Value {
+    let mut child = worker.0.take().expect("a running worker");
     signal(&child, "-TERM");
     let status = child.wait().unwrap();
     let text = std::fs::read_to_string(log).unwrap();
@@ -235,7 +255,7 @@ async fn three_workers_share_200000_events_and_alert_exactly_async() {
     let (lines, expected) = events(200_000);
     assert!(expected.len() > 4000, "{} matches", expected.len());
     let logs: Vec<PathBuf> = (0..3).map(|i| server.dir().join(format!("worker-{i}.log"))).collect();
-    let workers: Vec<Child> = logs.iter().map(|l| worker(&server, &[], l)).collect();
+    let workers: Vec<Worker> = logs.iter().map(|l| worker(&server, &[], l)).collect();
     let start = Instant::now();
     publish_all(&js, &lines, 0).await;
     let published = start.elapsed();
@@ -272,22 +292,25 @@ async fn kill_9_and_a_server_restart_lose_and_duplicate_nothing_async() {
     create_streams(&js, Duration::from_secs(2), -1).await;
     let (lines, expected) = events(200_000);
     let logs: Vec<PathBuf> = (0..3).map(|i| server.dir().join(format!("worker-{i}.log"))).collect();
-    let mut workers: Vec<Child> = logs.iter().map(|l| worker(&server, &[], l)).collect();
+    let mut workers: Vec<Worker> = logs.iter().map(|l| worker(&server, &[], l)).collect();
     let publisher = {
         let js = js.clone();
         let lines = lines.clone();
         tokio::spawn(async move { publish_all(&js, &lines, 0).await })
     };
+    // Every 1.5 s one worker is killed (SIGKILL: no chance to ack what it decided) and started
+    // again, while the events are published and after; when the publisher is done, the server
+    // is restarted once, the workers still deciding the backlog.
+    let started = Instant::now();
     let (mut kills, mut restarted) = (0, false);
-    let mut round = 0;
-    while !publisher.is_finished() || kills < 4 {
+    while !restarted || kills < 4 {
+        assert!(started.elapsed() < Duration::from_secs(180), "publishing did not finish");
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        round += 1;
-        let k = round % workers.len();
-        workers[k].kill().unwrap(); // SIGKILL: no chance to ack what it decided
-        workers[k].wait().unwrap();
+        let k = kills % workers.len();
+        workers[k].child().kill().unwrap();
+        workers[k].child().wait().unwrap();
         kills += 1;
-        if round == 3 {
+        if publisher.is_finished() && !restarted {
             server.down();
             tokio::time::sleep(Duration::from_millis(500)).await;
             server.up();
