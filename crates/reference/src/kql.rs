@@ -36,7 +36,9 @@ use kmsguard_matcher::kql::{Pattern, Query, Value};
 use kmsguard_matcher::ruleset::Tri;
 use kmsguard_matcher::Shape;
 
-use crate::{is_raw_record, leaves, parse, parse_units, without_empty, Json, Text};
+use crate::{
+    is_raw_record, leaves, lookup_events_records, parse, parse_units, without_empty, Json, Text,
+};
 
 const CLOUDTRAIL: &str = "aws.cloudtrail";
 const DATASET_FIELDS: [&str; 2] = ["event.dataset", "data_stream.dataset"];
@@ -78,17 +80,8 @@ pub fn evaluate_pack(
         return Some((Shape::Records, over_records(queries, records.iter())));
     }
     // 2. A LookupEvents response: every element's CloudTrailEvent a raw record as JSON text.
-    if let Some(Json::Array(events)) = doc.get("Events") {
-        let records: Option<Vec<Json>> = events
-            .iter()
-            .map(|e| match e.get("CloudTrailEvent") {
-                Some(Json::String(text)) => parse_units(&text.0).filter(is_raw_record),
-                _ => None,
-            })
-            .collect();
-        if let Some(records) = records.filter(|r| !r.is_empty()) {
-            return Some((Shape::LookupEvents, over_records(queries, records.iter())));
-        }
+    if let Some(records) = lookup_events_records(&doc) {
+        return Some((Shape::LookupEvents, over_records(queries, records.iter())));
     }
     // 3. EventBridge.
     if doc.get("detail-type").is_some_and(|t| t.is_str(EVENTBRIDGE_DETAIL_TYPE)) {

@@ -363,18 +363,9 @@ pub fn evaluate(config: &Config, line: &[u8]) -> Verdict {
     }
     // 2. A LookupEvents response.
     if on(Shape::LookupEvents) {
-        if let Some(Json::Array(events)) = doc.get("Events") {
-            let records: Option<Vec<Json>> = events
-                .iter()
-                .map(|e| match e.get("CloudTrailEvent") {
-                    Some(Json::String(text)) => parse_units(&text.0).filter(is_raw_record),
-                    _ => None,
-                })
-                .collect();
-            if let Some(records) = records.filter(|r| !r.is_empty()) {
-                let matched = records.iter().any(|r| raw_matches(config, r));
-                return verdict(matched, Shape::LookupEvents);
-            }
+        if let Some(records) = lookup_events_records(&doc) {
+            let matched = records.iter().any(|r| raw_matches(config, r));
+            return verdict(matched, Shape::LookupEvents);
         }
     }
     // 3. EventBridge.
@@ -443,6 +434,20 @@ pub fn evaluate_record(config: &Config, record: &[u8]) -> Verdict {
         Some(doc) if is_raw_record(&doc) => verdict(raw_matches(config, &doc), Shape::Raw),
         Some(_) => Verdict::NoMatch(None),
     }
+}
+
+/// The raw records of a LookupEvents response (`{"Events":[...]}` whose every element's
+/// `CloudTrailEvent` is a raw record as JSON text), or `None` when `doc` is not one.
+fn lookup_events_records(doc: &Json) -> Option<Vec<Json>> {
+    let Some(Json::Array(events)) = doc.get("Events") else { return None };
+    let records: Option<Vec<Json>> = events
+        .iter()
+        .map(|e| match e.get("CloudTrailEvent") {
+            Some(Json::String(text)) => parse_units(&text.0).filter(is_raw_record),
+            _ => None,
+        })
+        .collect();
+    records.filter(|r| !r.is_empty())
 }
 
 /// An object with `eventSource` and `eventName` keys.
