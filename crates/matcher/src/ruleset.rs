@@ -676,7 +676,7 @@ fn decide(
             let mut one = vec![Tri::False; verdicts.len()];
             let ok = children(tape, events).all(|event| {
                 let Some(record) = member(tape, event, "CloudTrailEvent") else { return false };
-                let ok = inner.raw(set, scope, tape, record, &mut one);
+                let ok = inner.held(set, scope, tape, record, false, &mut one);
                 all.iter_mut().zip(&one).for_each(|(a, b)| *a = a.or(*b));
                 ok
             });
@@ -708,7 +708,7 @@ fn decide(
     let counted = |vals: &[Val]| vals.iter().any(|v| text(tape, v).is_some());
     if names(a) || names(b) || (!counted(a) && !counted(b)) {
         if let Some(message) = member(tape, 0, "message") {
-            if inner.envelope(set, scope, tape, message, verdicts) {
+            if inner.held(set, scope, tape, message, true, verdicts) {
                 return Shape::Envelope;
             }
         }
@@ -758,38 +758,16 @@ fn decide_records(
 }
 
 impl Inner<'_> {
-    /// Decides the raw record held as a string at `i`; false when it is not one.
-    fn raw(
+    /// Decides the document held as a string at `i`: a raw record (a LookupEvents element's
+    /// `CloudTrailEvent`), or, when `log_files`, also a log file (an envelope's `message`);
+    /// false when it is none of those.
+    fn held(
         &mut self,
         set: &RuleSet,
         scope: &Scope,
         tape: &[Node],
         i: usize,
-        verdicts: &mut [Tri],
-    ) -> bool {
-        let Node::String(text) = tape[i] else { return false };
-        let keys = &mut *self.keys;
-        self.inner
-            .with_tape(text.as_bytes(), self.encoded, |t, _| {
-                if !valid(t, keys) || !is_raw_record(t, 0) {
-                    return false;
-                }
-                let mut raw = Values::default();
-                raw_values(set, scope, t, text.as_bytes(), 0, &mut raw);
-                eval_all(set, scope, t, &raw, verdicts);
-                true
-            })
-            .unwrap_or(false)
-    }
-
-    /// Decides the record or log file an envelope's `message` holds; false when it holds
-    /// neither.
-    fn envelope(
-        &mut self,
-        set: &RuleSet,
-        scope: &Scope,
-        tape: &[Node],
-        i: usize,
+        log_files: bool,
         verdicts: &mut [Tri],
     ) -> bool {
         let Node::String(text) = tape[i] else { return false };
@@ -800,7 +778,7 @@ impl Inner<'_> {
                     return false;
                 }
                 let mut raw = Values::default();
-                if let Some(records) = records_of(t, 0) {
+                if let Some(records) = log_files.then(|| records_of(t, 0)).flatten() {
                     decide_records(set, scope, t, text.as_bytes(), &records, &mut raw, verdicts);
                     return true;
                 }
