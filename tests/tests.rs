@@ -25,3 +25,6 @@ mod fluentbit;
 mod inputs;
 // Rule packs: Elastic's TOML rules loaded with --rules, alerts per rule, budgets, SIGHUP.
 mod rules;
+// Elastic's own rules on Elastic's own data, through the library: loading, raw/ECS agreement,
+// a prefilter literal for every rule.
+mod elastic_pack;

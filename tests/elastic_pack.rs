@@ -6,31 +6,11 @@
 //! stderr and pass, except under CI (`CI` set), where absence is a failure.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::PathBuf;
 
 use kmsguard_matcher::ruleset::{PackEvaluator, PackVerdict, Tri};
 use kmsguard_matcher::Shape;
 
-fn shared_data(test: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("KMSGUARD_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test}: shared fixtures missing at {}",
-        dir.display()
-    );
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED {test}: no shared data at {} (set KMSGUARD_SHARED_DATA)",
-        dir.display()
-    );
-    None
-}
+use crate::util::shared_data;
 
 #[test]
 fn every_aws_query_rule_loads_and_the_others_are_refused_by_reason() {
