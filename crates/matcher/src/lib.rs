@@ -40,6 +40,7 @@ mod explain;
 pub mod kql;
 mod normalize;
 pub mod packfilter;
+mod pair;
 mod prefilter;
 mod rule;
 pub mod ruleset;

@@ -25,9 +25,17 @@
 //! it, and `"` (or, inside an envelope's escaped record, `\`) after it. `leKey` in
 //! `"DisableKeyRotation"` then costs a few byte comparisons, not a parse. Lines with the escape
 //! literal are candidates as they are.
+//!
+//! # One pass
+//!
+//! With one term literal and the `\u00` escape literal (the seed rule's case), on a CPU with
+//! AVX2, [`Prefilter::candidate_lines`] searches both in one pass (`pair.rs`) and confirms each
+//! near miss inline; [`Prefilter::is_candidate`] keeps the plain `memmem` search, and the tests
+//! hold the two to the same answers.
 
 use memchr::memmem::Finder;
 
+use crate::pair::PairScan;
 use crate::rule::{Clause, Rule, RAW_FIELD_MAP};
 
 /// Finds candidate lines in a buffer of many lines with a few `memmem` searchers built once.
@@ -37,6 +45,8 @@ pub struct Prefilter {
     /// Per finder, the terms that hold its literal and where (empty: no confirmation, as for
     /// the escape literal).
     terms: Vec<Vec<(Vec<u8>, usize)>>,
+    /// Both literals in one pass, when there are two and the CPU allows it.
+    pair: Option<PairScan>,
 }
 
 impl Prefilter {
@@ -46,7 +56,7 @@ impl Prefilter {
     /// A rule with no such clause gets a prefilter that passes every line.
     pub fn new(rule: &Rule) -> Prefilter {
         let Some(clause) = literal_clause(rule) else {
-            return Prefilter { finders: Vec::new(), terms: Vec::new() };
+            return Prefilter { finders: Vec::new(), terms: Vec::new(), pair: None };
         };
         let mut needles = term_needles(clause.terms);
         let plain =
@@ -69,8 +79,26 @@ impl Prefilter {
             .chain([Vec::new()])
             .collect();
         needles.push(if plain { b"\\u00".to_vec() } else { b"\\".to_vec() });
+        let pair = match &needles[..] {
+            [term, escape] => PairScan::new(term, escape),
+            _ => None,
+        };
         let finders = needles.iter().map(|n| Finder::new(n).into_owned()).collect();
-        Prefilter { finders, terms }
+        Prefilter { finders, terms, pair }
+    }
+
+    /// Whether one of the literals stands at `at` of `hay` and confirms there.
+    fn hit_at(&self, hay: &[u8], at: usize) -> bool {
+        let rest = &hay[at..];
+        self.finders.iter().enumerate().any(|(n, f)| {
+            // A confirmed term holds its literal there, so only an unconfirmed literal needs
+            // comparing.
+            if self.terms[n].is_empty() {
+                rest.starts_with(f.needle())
+            } else {
+                self.confirms(n, hay, at)
+            }
+        })
     }
 
     /// Whether finder `f`'s literal, found at `at` of `hay`, is part of a whole term there (or
@@ -104,7 +132,11 @@ impl Prefilter {
     /// Each literal is searched over the buffer at most once, so the bytes of lines that cannot
     /// match are looked at a few times in cache and never split into lines.
     pub fn candidate_lines<'p, 'h>(&'p self, haystack: &'h [u8]) -> CandidateLines<'p, 'h> {
-        let next = self.finders.iter().map(|f| f.find(haystack).unwrap_or(usize::MAX)).collect();
+        let next = match self.pair {
+            // The pair scan searches as it goes.
+            Some(_) => Vec::new(),
+            None => self.finders.iter().map(|f| f.find(haystack).unwrap_or(usize::MAX)).collect(),
+        };
         CandidateLines { pre: self, haystack, next, pos: 0 }
     }
 }
@@ -149,13 +181,13 @@ fn literal_clause(rule: &Rule) -> Option<&Clause> {
 /// be a bare token there (a number or a boolean) on that side.
 fn whole_term_at(hay: &[u8], start: usize, term: &[u8]) -> bool {
     let end = start + term.len();
-    if hay.get(start..end) != Some(term) {
-        return false;
-    }
     let bare_start = matches!(term.first(), Some(b'-' | b'0'..=b'9' | b't' | b'f' | b'n'));
     let bare_end = matches!(term.last(), Some(b'0'..=b'9' | b'e' | b'l'));
+    // The delimiters first: they turn away near misses (`EnableKeyRotation`) without
+    // comparing the term.
     (bare_start || (start > 0 && hay[start - 1] == b'"'))
         && (bare_end || matches!(hay.get(end), Some(b'"' | b'\\')))
+        && hay.get(start..end) == Some(term)
 }
 
 /// Iterator over candidate line ranges, returned by [`Prefilter::candidate_lines`].
@@ -164,7 +196,7 @@ pub struct CandidateLines<'p, 'h> {
     pre: &'p Prefilter,
     haystack: &'h [u8],
     /// Per literal: the offset of its next occurrence at or after the last search start, or
-    /// `usize::MAX` when it does not occur again.
+    /// `usize::MAX` when it does not occur again (unused by the pair scan).
     next: Vec<usize>,
     pos: usize,
 }
@@ -194,6 +226,9 @@ impl Iterator for CandidateLines<'_, '_> {
         }
         let hit = if self.pre.finders.is_empty() {
             self.pos
+        } else if let Some(pair) = &self.pre.pair {
+            let pre = self.pre;
+            pair.find(hay, self.pos, |at| pre.hit_at(hay, at))?
         } else {
             loop {
                 let (hit, n) = self.next_hit()?;

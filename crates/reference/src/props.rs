@@ -48,9 +48,32 @@ pub fn matcher_agrees(data: &[u8]) {
     });
 }
 
-/// A line the exact path matches is a prefilter candidate.
+/// A line the exact path matches is a prefilter candidate; and the buffer-wide search (one
+/// fused pass where the CPU allows) finds exactly the lines the per-line search calls
+/// candidates.
 pub fn prefilter_is_sound(data: &[u8]) {
-    MATCHER.with_borrow_mut(|matcher| prefilter_is_sound_on(matcher, &line_from(data)));
+    MATCHER.with_borrow_mut(|matcher| {
+        prefilter_is_sound_on(matcher, &line_from(data));
+        let buffer = lines_from(data);
+        let pre = matcher.prefilter();
+        let want: Vec<_> =
+            line_ranges(&buffer).filter(|r| pre.is_candidate(&buffer[r.clone()])).collect();
+        let got: Vec<_> = pre.candidate_lines(&buffer).collect();
+        assert_eq!(got, want, "buffer: {}", String::from_utf8_lossy(&buffer));
+    });
+}
+
+/// The ranges of `buffer`'s lines, without their `\n` (a last `\n` ends the last line).
+fn line_ranges(buffer: &[u8]) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+    let mut start = 0;
+    buffer
+        .split(|&b| b == b'\n')
+        .map(move |line| {
+            let range = start..start + line.len();
+            start = range.end + 1;
+            range
+        })
+        .filter(move |r| r.start < buffer.len())
 }
 
 fn prefilter_is_sound_on(matcher: &mut Matcher, line: &[u8]) {
