@@ -283,10 +283,19 @@ pub fn pack_agrees(data: &[u8]) {
             texts[r]
         );
     }
-    if !line.contains(&b'\n') && verdicts.iter().any(|v| *v != Tri::False) {
-        assert!(
-            prefilter.candidate_lines(&line).next().is_some(),
-            "the candidate search missed {shown} for {texts:?}"
-        );
+    if !line.contains(&b'\n') {
+        let mut search = prefilter.candidate_lines(&line);
+        match search.next() {
+            // The transform evaluates a candidate with the rules the search found for it.
+            Some(_) => {
+                let verdict = evaluator.evaluate_masked(&set, &line, search.mask());
+                let searched = outcome(verdict, &evaluator);
+                assert_eq!(searched, reference, "searched: rules {texts:?} on {shown}");
+            }
+            None => assert!(
+                verdicts.iter().all(|v| *v == Tri::False),
+                "the candidate search missed {shown} for {texts:?}"
+            ),
+        }
     }
 }

@@ -37,8 +37,9 @@ use std::io::{self, Read, Write};
 use std::sync::Arc;
 use std::time::Instant;
 
+use kmsguard_matcher::packfilter::{PackCandidates, RuleMask};
 use kmsguard_matcher::ruleset::{PackEvaluator, PackVerdict, Tri};
-use kmsguard_matcher::{Matcher, Prefilter, Shape, Verdict};
+use kmsguard_matcher::{CandidateLines, Matcher, Prefilter, Shape, Verdict};
 use memchr::memmem::Finder;
 
 pub use crate::budget::AlertBudget;
@@ -264,18 +265,31 @@ struct PackState {
     budgets: Vec<Spender>,
     /// Says why a line is invalid (the reasons do not depend on the rules).
     explainer: Matcher,
-    mask: kmsguard_matcher::packfilter::RuleMask,
+    /// The rules the line being decided may fire, when the prefilter is asked for them.
+    mask: RuleMask,
     mask_scratch: Vec<u8>,
 }
 
 impl PackState {
     /// Decides `line`; fills `matched`, and counts unknown verdicts when `stats` is given.
-    fn evaluate(&mut self, line: &[u8], stats: Option<&mut Stats>) -> Verdict {
+    /// `rules` are the rules that may fire on it when the buffer-wide search found them.
+    fn evaluate(
+        &mut self,
+        line: &[u8],
+        rules: Option<&RuleMask>,
+        stats: Option<&mut Stats>,
+    ) -> Verdict {
         self.matched.clear();
         // Only the rules the prefilter leaves possible are walked for and evaluated: the
         // others are false on this line (the pack prefilter's soundness).
-        self.pack.prefilter.possible(line, &mut self.mask, &mut self.mask_scratch);
-        let shape = match self.evaluator.evaluate_masked(&self.pack.set, line, &self.mask) {
+        let mask = match rules {
+            Some(rules) => rules,
+            None => {
+                self.pack.prefilter.possible(line, &mut self.mask, &mut self.mask_scratch);
+                &self.mask
+            }
+        };
+        let shape = match self.evaluator.evaluate_masked(&self.pack.set, line, mask) {
             PackVerdict::Invalid => return Verdict::Invalid,
             PackVerdict::Decided(shape) => shape,
         };
@@ -396,7 +410,7 @@ impl Transform {
             matched: Vec::new(),
             budgets: Vec::new(),
             explainer: Matcher::new(),
-            mask: Default::default(),
+            mask: RuleMask::default(),
             mask_scratch: Vec::new(),
         };
         let mut t = Transform::with_engine(Engine::Pack(Box::new(state)), options);
@@ -689,7 +703,7 @@ impl Transform {
         let keep_bytes = self.options.mode == Mode::Tag && !self.options.split_records;
         if keep_bytes {
             if self.worth_parsing(doc) {
-                return self.decide(doc, 0..doc.len(), lines_before, out);
+                return self.decide(doc, 0..doc.len(), None, lines_before, out);
             }
             out.write_all(doc)?;
             return Ok(());
@@ -698,7 +712,7 @@ impl Transform {
         docs::compact(doc, &mut line);
         if self.worth_parsing(&line) {
             line.push(b'\n');
-            self.decide(&line, 0..line.len() - 1, lines_before, out)?;
+            self.decide(&line, 0..line.len() - 1, None, lines_before, out)?;
         } else if self.options.mode == Mode::Tag {
             line.push(b'\n');
             out.write_all(&line)?;
@@ -843,7 +857,7 @@ impl Transform {
                 let end = memchr::memchr(b'\n', &data[pos..]).map_or(data.len(), |i| pos + i);
                 let line = &data[pos..end];
                 if self.worth_parsing(line) {
-                    self.decide(data, pos..end, lines_before, out)?;
+                    self.decide(data, pos..end, None, lines_before, out)?;
                 } else if self.options.mode == Mode::Tag {
                     out.write_all(&data[pos..(end + 1).min(data.len())])?;
                 }
@@ -873,17 +887,18 @@ impl Transform {
     fn decide_candidates(
         &mut self,
         data: &[u8],
-        ranges: impl Iterator<Item = std::ops::Range<usize>>,
+        mut ranges: impl Candidates,
         lines_before: u64,
         out: &mut dyn Write,
     ) -> Result<(), Error> {
         let mut pos = 0;
-        for range in ranges {
+        while let Some(range) = ranges.next() {
             if self.options.mode == Mode::Tag {
                 out.write_all(&data[pos..range.start])?;
             }
             pos = (range.end + 1).min(data.len());
-            self.decide(data, range, lines_before, out)?;
+            // The search has the line's rules already: they are handed on, not searched again.
+            self.decide(data, range, ranges.rules(), lines_before, out)?;
         }
         if self.options.mode == Mode::Tag {
             out.write_all(&data[pos.min(data.len())..])?;
@@ -905,11 +920,13 @@ impl Transform {
                 && self.containers.iter().any(|f| f.find(line).is_some()))
     }
 
-    /// Decides the line `data[range]` and writes what the mode asks for.
+    /// Decides the line `data[range]` and writes what the mode asks for; `rules` are a pack's
+    /// rules that may fire on it, when the prefilter's search found them.
     fn decide(
         &mut self,
         data: &[u8],
         range: std::ops::Range<usize>,
+        rules: Option<&RuleMask>,
         lines_before: u64,
         out: &mut dyn Write,
     ) -> Result<(), Error> {
@@ -938,7 +955,7 @@ impl Transform {
         self.stats.candidates += 1;
         let verdict = match &mut self.engine {
             Engine::One { matcher, .. } => matcher.evaluate(line),
-            Engine::Pack(p) => p.evaluate(line, Some(&mut self.stats)),
+            Engine::Pack(p) => p.evaluate(line, rules, Some(&mut self.stats)),
         };
         self.stats.count(verdict);
         if !verdict.is_match() {
@@ -1110,9 +1127,9 @@ impl Transform {
                     events.extend_from_slice(b"{\"Events\":[");
                     events.extend_from_slice(piece);
                     events.extend_from_slice(b"]}");
-                    p.evaluate(&events, None).is_match()
+                    p.evaluate(&events, None, None).is_match()
                 }
-                _ => p.evaluate(piece, None).is_match(),
+                _ => p.evaluate(piece, None, None).is_match(),
             },
         }
     }
@@ -1165,6 +1182,22 @@ impl Transform {
             write_line(out, event, b"\n")?;
         }
         Ok(())
+    }
+}
+
+/// The candidate lines of a buffer, as a prefilter's search finds them.
+trait Candidates: Iterator<Item = std::ops::Range<usize>> {
+    /// The rules the line last returned may fire, when the search knows them (a pack's).
+    fn rules(&self) -> Option<&RuleMask> {
+        None
+    }
+}
+
+impl Candidates for CandidateLines<'_, '_> {}
+
+impl Candidates for PackCandidates<'_, '_> {
+    fn rules(&self) -> Option<&RuleMask> {
+        Some(self.mask())
     }
 }
 
