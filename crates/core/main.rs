@@ -17,9 +17,7 @@ use std::os::fd::AsFd;
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches};
 use kmsguard_matcher::{Matcher, Rule, Shapes, DATA_STREAM_DATASET, EVENT_DATASET};
-use kmsguard_transform::{
-    line_end_after, AlertBudget, Mode, OnInvalid, Options, Pack, PackHandle, Transform,
-};
+use kmsguard_transform::{AlertBudget, Mode, OnInvalid, Options, Pack, PackHandle, Transform};
 use memmap2::{Advice, Mmap, UncheckedAdvice};
 
 use crate::cli::{Args, DatasetField, MaxAlerts, ModeArg, OnInvalidArg, StatsFormat, WarnKind};
@@ -118,6 +116,8 @@ fn build(args: &Args) -> Transform {
 fn options(args: &Args) -> Options {
     Options {
         mode: match args.mode {
+            // Only counted: matches are not enriched for nothing.
+            ModeArg::Filter if args.count || args.quiet => Mode::Count,
             ModeArg::Filter => Mode::Filter,
             ModeArg::Tag => Mode::Tag,
         },
@@ -200,53 +200,15 @@ impl Releaser<'_> {
     }
 }
 
-/// How much of a mapped file each thread decides per round.
-const CHUNK: usize = 4 << 20;
-
-/// Runs over a mapped file. With more than one transform, each round cuts the next
-/// `CHUNK` x N bytes into N chunks of whole lines, decides them on N threads, and writes their
-/// outputs in input order.
+/// Runs over a mapped file, on as many threads as there are transforms, releasing the pages
+/// decided as it goes.
 fn run_mapped(
     transforms: &mut [Transform],
     map: &Mmap,
     out: &mut dyn Write,
 ) -> Result<(), kmsguard_transform::Error> {
     let mut releaser = Releaser { map, released: 0 };
-    if let [only] = transforms {
-        return only.run_slice(map, out, &mut |end| releaser.release(end));
-    }
-    let data: &[u8] = map;
-    let mut pos = 0;
-    let mut outs: Vec<Vec<u8>> = vec![Vec::new(); transforms.len()];
-    while pos < data.len() {
-        let chunks: Vec<_> = (0..transforms.len())
-            .map(|_| {
-                let start = pos;
-                pos = line_end_after(data, pos + CHUNK);
-                start..pos
-            })
-            .collect();
-        std::thread::scope(|scope| {
-            let workers: Vec<_> = transforms
-                .iter_mut()
-                .zip(&mut outs)
-                .zip(&chunks)
-                .map(|((t, o), chunk)| {
-                    o.clear();
-                    scope.spawn(move || t.process_slice(&data[chunk.clone()], o))
-                })
-                .collect();
-            workers.into_iter().try_for_each(|w| w.join().expect("a worker panicked"))
-        })?;
-        for o in &outs {
-            out.write_all(o)?;
-        }
-        if !releaser.release(pos) {
-            break;
-        }
-    }
-    out.flush()?;
-    Ok(())
+    kmsguard_transform::run_chunked(transforms, map, out, &mut |end| releaser.release(end))
 }
 
 /// Why an input stopped before its end.

@@ -60,7 +60,8 @@ impl Decider {
         match self.mode {
             Mode::Tag if self.out.is_empty() => Vec::new(),
             Mode::Tag => vec![Bytes::copy_from_slice(&self.out)],
-            Mode::Filter => self
+            // Count mode writes nothing: no message goes out.
+            Mode::Filter | Mode::Count => self
                 .out
                 .split(|&b| b == b'\n')
                 .filter(|line| !line.is_empty())
@@ -80,7 +81,7 @@ impl Decider {
 pub fn message_id(stream: &str, sequence: u64, index: usize, mode: Mode) -> String {
     match mode {
         Mode::Tag => format!("kmsguard:{stream}:{sequence}"),
-        Mode::Filter => format!("kmsguard:{stream}:{sequence}:{index}"),
+        Mode::Filter | Mode::Count => format!("kmsguard:{stream}:{sequence}:{index}"),
     }
 }
 

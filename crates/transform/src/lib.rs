@@ -25,21 +25,21 @@
 #![deny(missing_docs)]
 
 mod budget;
+mod decider;
 mod docs;
 mod enrich;
 mod pack;
 mod scan;
+mod sink;
 mod stats;
 mod wrap;
 
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
-use std::time::Instant;
 
 use kmsguard_matcher::packfilter::{PackCandidates, RuleMask};
-use kmsguard_matcher::ruleset::{PackEvaluator, PackVerdict, Tri};
-use kmsguard_matcher::{CandidateLines, Matcher, Prefilter, Shape, Verdict};
+use kmsguard_matcher::{CandidateLines, Matcher, Shape, Verdict};
 use memchr::memmem::Finder;
 
 pub use crate::budget::AlertBudget;
@@ -47,7 +47,8 @@ pub use crate::enrich::{Enriched, Enricher};
 pub use crate::pack::{Pack, PackEntry, PackHandle};
 pub use crate::stats::{Position, RuleCounts, Stats};
 
-use crate::budget::{Spend, Spender};
+use crate::decider::{Alerts, Decider, Search};
+use crate::sink::Sink;
 
 /// What comes out.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -58,6 +59,9 @@ pub enum Mode {
     /// Every line, in order: non-matching, invalid and blank lines byte for byte, matching lines
     /// enriched (their line terminator kept).
     Tag,
+    /// Nothing written: matches are counted in [`Stats`] and not enriched (`--count`,
+    /// `--quiet`). Invalid lines are handled as in filter mode, without being written.
+    Count,
 }
 
 /// What filter mode does with a line that is not a document Elasticsearch would index.
@@ -202,17 +206,16 @@ impl std::error::Error for Error {
 /// The UTF-8 byte order mark some Windows tools write at the start of a file. A line that starts
 /// with one is the document after it (the matcher skips it); tag mode keeps it, filter mode's
 /// output drops it.
-const BOM: &[u8] = b"\xEF\xBB\xBF";
+pub(crate) const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// A streaming filter/tag transform over NDJSON.
 pub struct Transform {
-    engine: Engine,
+    decider: Decider,
+    sink: Sink,
     options: Options,
     /// Finds the member names of containers `--split-records` splits (`Records`, `Events`).
     containers: [Finder<'static>; 2],
     stats: Stats,
-    /// Reused output buffer for enriched lines.
-    scratch: Vec<u8>,
     /// The input being read: its index and name, and the counts when it began.
     input: InputStart,
     /// An oversized line being wrapped as it streams through (`--wrap-invalid`).
@@ -232,153 +235,6 @@ struct InputStart {
     first_line: bool,
 }
 
-/// What decides lines: one rule, or a pack of them.
-// One per transform, so the variants' sizes do not matter; boxing the one-rule state would add
-// a pointer chase to the hot path for nothing.
-#[allow(clippy::large_enum_variant)]
-enum Engine {
-    /// One rule, as a [`Matcher`].
-    One {
-        matcher: Matcher,
-        /// The matcher's prefilter, shared so the candidate loop can borrow it while the
-        /// transform is mutably borrowed for each decision (no clone per buffer).
-        prefilter: Arc<Prefilter>,
-        enricher: Enricher,
-        budget: Option<Spender>,
-    },
-    /// A rule pack.
-    Pack(Box<PackState>),
-}
-
-/// A transform's state for running a rule pack.
-struct PackState {
-    handle: Arc<PackHandle>,
-    /// The handle's generation `pack` is.
-    generation: u64,
-    pack: Arc<Pack>,
-    /// Per rule of `pack`, its counts' index in [`Stats::rules`].
-    slots: Vec<usize>,
-    evaluator: PackEvaluator,
-    /// The rules the last decided event matched, in pack order.
-    matched: Vec<usize>,
-    /// Per rule, when budgets are on.
-    budgets: Vec<Spender>,
-    /// Says why a line is invalid (the reasons do not depend on the rules).
-    explainer: Matcher,
-    /// The rules the line being decided may fire, when the prefilter is asked for them.
-    mask: RuleMask,
-    mask_scratch: Vec<u8>,
-}
-
-impl PackState {
-    /// Decides `line`; fills `matched`, and counts unknown verdicts when `stats` is given.
-    /// `rules` are the rules that may fire on it when the buffer-wide search found them.
-    fn evaluate(
-        &mut self,
-        line: &[u8],
-        rules: Option<&RuleMask>,
-        stats: Option<&mut Stats>,
-    ) -> Verdict {
-        self.matched.clear();
-        // Only the rules the prefilter leaves possible are walked for and evaluated: the
-        // others are false on this line (the pack prefilter's soundness).
-        let mask = match rules {
-            Some(rules) => rules,
-            None => {
-                self.pack.prefilter.possible(line, &mut self.mask, &mut self.mask_scratch);
-                &self.mask
-            }
-        };
-        let shape = match self.evaluator.evaluate_masked(&self.pack.set, line, mask) {
-            PackVerdict::Invalid => return Verdict::Invalid,
-            PackVerdict::Decided(shape) => shape,
-        };
-        let verdicts = self.evaluator.verdicts();
-        self.matched
-            .extend(verdicts.iter().enumerate().filter(|(_, v)| **v == Tri::True).map(|(i, _)| i));
-        if let Some(stats) = stats {
-            for (i, v) in verdicts.iter().enumerate() {
-                stats.rules[self.slots[i]].unknown += u64::from(*v == Tri::Unknown);
-            }
-        }
-        if self.matched.is_empty() {
-            Verdict::NoMatch(Some(shape))
-        } else {
-            Verdict::Match(shape)
-        }
-    }
-
-    /// Takes the handle's pack when it was replaced, with fresh budgets; keeps the counts of
-    /// the rules it keeps.
-    fn refresh(&mut self, options: &Options, stats: &mut Stats) {
-        let generation = self.handle.generation();
-        if generation == self.generation && !self.slots.is_empty() {
-            return;
-        }
-        self.generation = generation;
-        self.pack = self.handle.current();
-        self.slots = self.pack.rules().iter().map(|r| stats.rule_slot(&r.tag)).collect();
-        self.budgets = match options.alert_budget {
-            Some(b) => self
-                .pack
-                .rules()
-                .iter()
-                .map(|r| {
-                    let max = if options.max_signals { r.max_signals } else { b.max };
-                    Spender::new(AlertBudget { max, ..b })
-                })
-                .collect(),
-            None => Vec::new(),
-        };
-    }
-
-    /// Why the line last evaluated did not match.
-    fn explain(&mut self, line: &[u8], verdict: Verdict) -> String {
-        if verdict == Verdict::Invalid {
-            return match self.explainer.explain(line) {
-                kmsguard_matcher::Explanation::Invalid(why) => why,
-                _ => "Elasticsearch would reject it: a flattened field nested deeper than 20 \
-                      objects or a flattened leaf over 32,766 bytes"
-                    .to_string(),
-            };
-        }
-        let unknown: Vec<&str> = self
-            .evaluator
-            .verdicts()
-            .iter()
-            .zip(self.pack.rules())
-            .filter(|(v, _)| **v == Tri::Unknown)
-            .map(|(_, r)| r.tag.as_str())
-            .collect();
-        if unknown.is_empty() {
-            "no rule matched".to_string()
-        } else {
-            format!("no rule matched; unknown on this raw shape: {}", unknown.join(", "))
-        }
-    }
-}
-
-impl Engine {
-    /// Whether `line` could match (the prefilter's verdict).
-    fn is_candidate(&mut self, line: &[u8]) -> bool {
-        match self {
-            Engine::One { prefilter, .. } => prefilter.is_candidate(line),
-            Engine::Pack(p) => p.pack.prefilter.possible(line, &mut p.mask, &mut p.mask_scratch),
-        }
-    }
-
-    /// Why `line`, which did not match, did not.
-    fn explain(&mut self, line: &[u8], verdict: Verdict) -> String {
-        match self {
-            Engine::One { matcher, .. } => match matcher.explain(line) {
-                kmsguard_matcher::Explanation::Invalid(why) => why,
-                other => other.to_string(),
-            },
-            Engine::Pack(p) => p.explain(line, verdict),
-        }
-    }
-}
-
 impl fmt::Debug for Transform {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Transform").field("options", &self.options).finish_non_exhaustive()
@@ -388,11 +244,7 @@ impl fmt::Debug for Transform {
 impl Transform {
     /// A transform that decides lines with `matcher`.
     pub fn new(matcher: Matcher, options: Options) -> Transform {
-        let tag = options.tag.clone().unwrap_or_else(|| matcher.rule().tag.to_owned());
-        let enricher = Enricher::new(matcher.rule(), &tag);
-        let budget = options.alert_budget.map(Spender::new);
-        let prefilter = Arc::new(matcher.prefilter().clone());
-        Transform::with_engine(Engine::One { matcher, prefilter, enricher, budget }, options)
+        Transform::with_decider(Decider::one(matcher, &options), Stats::default(), options)
     }
 
     /// A transform that decides lines with every rule of `pack` (RULES.md section 5 for what
@@ -401,32 +253,18 @@ impl Transform {
     /// The pack is read from `handle` when the transform starts and again, when it was
     /// replaced, before each buffer.
     pub fn with_pack(handle: Arc<PackHandle>, options: Options) -> Transform {
-        let state = PackState {
-            generation: 0,
-            pack: handle.current(),
-            handle,
-            slots: Vec::new(),
-            evaluator: PackEvaluator::new(),
-            matched: Vec::new(),
-            budgets: Vec::new(),
-            explainer: Matcher::new(),
-            mask: RuleMask::default(),
-            mask_scratch: Vec::new(),
-        };
-        let mut t = Transform::with_engine(Engine::Pack(Box::new(state)), options);
-        if let Engine::Pack(p) = &mut t.engine {
-            p.refresh(&t.options, &mut t.stats);
-        }
-        t
+        let mut stats = Stats::default();
+        let decider = Decider::pack(handle, &options, &mut stats);
+        Transform::with_decider(decider, stats, options)
     }
 
-    fn with_engine(engine: Engine, options: Options) -> Transform {
+    fn with_decider(decider: Decider, stats: Stats, options: Options) -> Transform {
         Transform {
-            engine,
+            decider,
+            sink: Sink::new(&options),
             options,
             containers: [Finder::new("Records").into_owned(), Finder::new("Events").into_owned()],
-            stats: Stats::default(),
-            scratch: Vec::new(),
+            stats,
             input: InputStart { first_line: true, ..InputStart::default() },
             wrapping: None,
             buffer: Vec::new(),
@@ -685,22 +523,18 @@ impl Transform {
     /// Whitespace between documents: through in tag mode.
     fn pass_between(&mut self, bytes: &[u8], out: &mut dyn Write) -> Result<(), Error> {
         self.stats.bytes += bytes.len() as u64;
-        if self.options.mode == Mode::Tag {
-            out.write_all(bytes)?;
-        }
+        self.sink.unmatched(out, bytes)?;
         Ok(())
     }
 
     /// Decides one document of concatenated JSON and writes what the mode asks for: in tag mode
     /// its own bytes (enriched in place when it matches), otherwise one line.
     fn document(&mut self, doc: &[u8], out: &mut dyn Write) -> Result<(), Error> {
-        if let Engine::Pack(p) = &mut self.engine {
-            p.refresh(&self.options, &mut self.stats);
-        }
+        self.decider.refresh(&self.options, &mut self.stats);
         let lines_before = self.stats.lines;
         self.stats.bytes += doc.len() as u64;
         self.stats.lines += 1;
-        let keep_bytes = self.options.mode == Mode::Tag && !self.options.split_records;
+        let keep_bytes = self.sink.keeps_every_byte() && !self.options.split_records;
         if keep_bytes {
             if self.worth_parsing(doc) {
                 return self.decide(doc, 0..doc.len(), None, lines_before, out);
@@ -713,9 +547,9 @@ impl Transform {
         if self.worth_parsing(&line) {
             line.push(b'\n');
             self.decide(&line, 0..line.len() - 1, None, lines_before, out)?;
-        } else if self.options.mode == Mode::Tag {
+        } else {
             line.push(b'\n');
-            out.write_all(&line)?;
+            self.sink.unmatched(out, &line)?;
         }
         Ok(())
     }
@@ -773,18 +607,14 @@ impl Transform {
             || self.options.on_invalid == OnInvalid::Fail
     }
 
-    /// Whether every line must be parsed to apply the invalid-line policy: filter mode's pass
-    /// and fail, tag mode's --wrap-invalid.
+    /// Whether every line must be parsed to apply the invalid-line policy.
     fn validates_every_line(&self) -> bool {
-        match self.options.mode {
-            Mode::Filter => self.options.on_invalid != OnInvalid::Drop,
-            Mode::Tag => self.options.wrap_invalid,
-        }
+        self.sink.validates_every_line()
     }
 
     /// Whether invalid lines are wrapped (tag mode with --wrap-invalid).
     fn wraps(&self) -> bool {
-        self.options.mode == Mode::Tag && self.options.wrap_invalid
+        self.sink.wraps()
     }
 
     /// The start of a line longer than the limit: counted, then handled like an invalid line.
@@ -793,7 +623,7 @@ impl Transform {
         if self.counts_lines() {
             self.stats.lines += 1;
         }
-        if self.options.mode == Mode::Filter && self.options.on_invalid == OnInvalid::Fail {
+        if self.sink.fails_on_invalid() {
             return Err(Error {
                 kind: ErrorKind::Invalid { line: self.stats.lines, oversized: true },
             });
@@ -818,7 +648,7 @@ impl Transform {
                 }
                 None => wrapping.chunk(bytes, out)?,
             }
-        } else if self.options.mode == Mode::Tag || self.options.on_invalid == OnInvalid::Pass {
+        } else if self.sink.passes_oversized() {
             out.write_all(bytes)?;
         }
         Ok(())
@@ -838,9 +668,7 @@ impl Transform {
     ///
     /// Write errors, and the first invalid line under [`OnInvalid::Fail`].
     pub fn process(&mut self, data: &[u8], out: &mut dyn Write) -> Result<(), Error> {
-        if let Engine::Pack(p) = &mut self.engine {
-            p.refresh(&self.options, &mut self.stats);
-        }
+        self.decider.refresh(&self.options, &mut self.stats);
         let lines_before = self.stats.lines;
         self.stats.bytes += data.len() as u64;
         if self.counts_lines() {
@@ -858,26 +686,20 @@ impl Transform {
                 let line = &data[pos..end];
                 if self.worth_parsing(line) {
                     self.decide(data, pos..end, None, lines_before, out)?;
-                } else if self.options.mode == Mode::Tag {
-                    out.write_all(&data[pos..(end + 1).min(data.len())])?;
+                } else {
+                    self.sink.unmatched(out, &data[pos..(end + 1).min(data.len())])?;
                 }
                 pos = end + 1;
             }
             return Ok(());
         }
-        match &self.engine {
-            Engine::One { prefilter, .. } => {
-                let prefilter = Arc::clone(prefilter);
+        match self.decider.search() {
+            Search::One(prefilter) => {
                 self.decide_candidates(data, prefilter.candidate_lines(data), lines_before, out)
             }
-            Engine::Pack(p) => {
-                let pack = Arc::clone(&p.pack);
-                self.decide_candidates(
-                    data,
-                    pack.prefilter.candidate_lines(data),
-                    lines_before,
-                    out,
-                )
+            Search::Pack(pack) => {
+                let candidates = pack.prefilter.candidate_lines(data);
+                self.decide_candidates(data, candidates, lines_before, out)
             }
         }
     }
@@ -893,16 +715,12 @@ impl Transform {
     ) -> Result<(), Error> {
         let mut pos = 0;
         while let Some(range) = ranges.next() {
-            if self.options.mode == Mode::Tag {
-                out.write_all(&data[pos..range.start])?;
-            }
+            self.sink.unmatched(out, &data[pos..range.start])?;
             pos = (range.end + 1).min(data.len());
             // The search has the line's rules already: they are handed on, not searched again.
             self.decide(data, range, ranges.rules(), lines_before, out)?;
         }
-        if self.options.mode == Mode::Tag {
-            out.write_all(&data[pos.min(data.len())..])?;
-        }
+        self.sink.unmatched(out, &data[pos.min(data.len())..])?;
         Ok(())
     }
 
@@ -915,7 +733,7 @@ impl Transform {
             return self.wraps() && !line.is_empty();
         }
         self.validates_every_line()
-            || self.engine.is_candidate(line)
+            || self.decider.is_candidate(line)
             || (self.options.split_records
                 && self.containers.iter().any(|f| f.find(line).is_some()))
     }
@@ -932,31 +750,19 @@ impl Transform {
     ) -> Result<(), Error> {
         let line = &data[range.clone()];
         let terminator = &data[range.end..(range.end + 1).min(data.len())];
-        let tag_mode = self.options.mode == Mode::Tag;
         if line.len() > self.options.max_line_bytes {
             // Only reached for input held in memory; streamed input never buffers such a line.
             self.stats.oversized += 1;
-            if !tag_mode && self.options.on_invalid == OnInvalid::Fail {
+            if self.sink.fails_on_invalid() {
                 out.flush()?;
                 let line = line_number(lines_before, data, range.start);
                 return Err(Error { kind: ErrorKind::Invalid { line, oversized: true } });
             }
-            if self.wraps() {
-                self.stats.wrapped += 1;
-                let mut wrapping = wrap::Streaming::begin(OVERSIZED, out)?;
-                wrapping.chunk(line, out)?;
-                wrapping.end(out)?;
-                out.write_all(terminator)?;
-            } else if tag_mode || self.options.on_invalid == OnInvalid::Pass {
-                write_line(out, line, terminator)?;
-            }
+            self.sink.oversized(out, line, terminator, OVERSIZED, &mut self.stats)?;
             return Ok(());
         }
         self.stats.candidates += 1;
-        let verdict = match &mut self.engine {
-            Engine::One { matcher, .. } => matcher.evaluate(line),
-            Engine::Pack(p) => p.evaluate(line, rules, Some(&mut self.stats)),
-        };
+        let verdict = self.decider.evaluate(line, rules, &mut self.stats);
         self.stats.count(verdict);
         if !verdict.is_match() {
             self.note_miss(verdict, data, range.start, lines_before);
@@ -966,36 +772,14 @@ impl Transform {
         }
         match verdict {
             Verdict::Match(_) => self.emit_match(line, terminator, out)?,
-            Verdict::NoMatch(_) => {
-                if tag_mode {
-                    write_line(out, line, terminator)?;
-                }
-            }
+            Verdict::NoMatch(_) => self.sink.no_match(out, line, terminator)?,
             Verdict::Invalid => {
                 self.stats.invalid += 1;
-                match (tag_mode, self.options.on_invalid) {
-                    (true, _) if self.options.wrap_invalid => {
-                        self.stats.wrapped += 1;
-                        let why = if line.trim_ascii().is_empty() {
-                            "blank line".to_string()
-                        } else {
-                            self.engine.explain(line, verdict)
-                        };
-                        wrap::write_wrapped(line, &why, out)?;
-                        out.write_all(terminator)?;
-                    }
-                    (true, _) => {
-                        write_line(out, line, terminator)?;
-                    }
-                    (false, OnInvalid::Drop) => {}
-                    (false, OnInvalid::Pass) => {
-                        write_line(out, line, b"\n")?;
-                    }
-                    (false, OnInvalid::Fail) => {
-                        out.flush()?;
-                        let line = line_number(lines_before, data, range.start);
-                        return Err(Error { kind: ErrorKind::Invalid { line, oversized: false } });
-                    }
+                let Transform { sink, decider, stats, .. } = self;
+                let why = || decider.invalid_reason(line);
+                if let sink::Invalid::Fail = sink.invalid(out, line, terminator, why, stats)? {
+                    let line = line_number(lines_before, data, range.start);
+                    return Err(Error { kind: ErrorKind::Invalid { line, oversized: false } });
                 }
             }
         }
@@ -1008,130 +792,39 @@ impl Transform {
         if verdict == Verdict::Invalid && self.stats.first_invalid.is_none() {
             self.stats.first_invalid = Some(self.position(data, start, lines_before));
         }
-        let dataset_absent = verdict == Verdict::NoMatch(Some(Shape::Ecs))
-            && matches!(&self.engine, Engine::One { matcher, .. }
-                if matches!(matcher.last_miss(), kmsguard_matcher::Miss::DatasetAbsent(_)));
-        self.stats.dataset_absent += u64::from(dataset_absent);
+        self.stats.dataset_absent += u64::from(self.decider.dataset_absent(verdict));
         if self.options.explain {
             let at = self.position(data, start, lines_before);
             let line = &data
                 [start..memchr::memchr(b'\n', &data[start..]).map_or(data.len(), |i| start + i)];
-            let why = match &mut self.engine {
-                Engine::One { matcher, .. } => matcher.explain(line).to_string(),
-                Engine::Pack(p) => p.explain(line, verdict),
-            };
+            let why = self.decider.explain(line, verdict);
             eprintln!("kmsguard: {}:{}: {why}", at.name, at.line.unwrap_or(0));
         }
     }
 
-    /// Writes a matching line enriched: with its own terminator in tag mode, with `\n` (and
-    /// without a trailing `\r`) in filter mode. A pack's filter mode writes one line per matched
-    /// rule. Matches over the alert budget are treated as non-matching.
+    /// Writes a matching line's alerts: in tag mode the line once with every allowed rule's
+    /// enrichment, in filter mode one line per allowed rule. Matches over the alert budget go
+    /// out as non-matching lines.
     fn emit_match(
         &mut self,
         line: &[u8],
         terminator: &[u8],
         out: &mut dyn Write,
     ) -> Result<(), Error> {
-        let tag_mode = self.options.mode == Mode::Tag;
-        let Transform { engine, stats, scratch, options, .. } = self;
-        let mut emit = |enricher: &Enricher, stats: &mut Stats| -> Result<(), Error> {
-            scratch.clear();
-            let enriched = enricher.enrich(line, scratch);
-            stats.enriched(enriched);
-            if tag_mode {
-                write_line(out, scratch, terminator)?;
-            } else {
-                let doc = scratch.strip_prefix(BOM).unwrap_or(scratch);
-                write_line(out, doc.strip_suffix(b"\r").unwrap_or(doc), b"\n")?;
+        let Transform { decider, sink, stats, options, .. } = self;
+        match decider.alerts(options, stats) {
+            Alerts::Spent => sink.no_match(out, line, terminator)?,
+            Alerts::One(enricher) => sink.alert(out, line, terminator, enricher, stats)?,
+            Alerts::Rules(pack, rules) if sink.keeps_every_byte() => {
+                sink.alert(out, line, terminator, &pack.enricher(&rules), stats)?;
             }
-            Ok(())
-        };
-        let allowed = match engine {
-            Engine::One { enricher, budget, .. } => {
-                match budget.as_mut().map(|b| b.spend(Instant::now())) {
-                    Some(Spend::Over { warn }) => {
-                        stats.over_budget += 1;
-                        if warn {
-                            announce_budget(options, None);
-                        }
-                    }
-                    _ => {
-                        stats.matches += 1;
-                        return emit(enricher, stats);
-                    }
+            Alerts::Rules(pack, rules) => {
+                for r in rules {
+                    sink.alert(out, line, terminator, pack.enricher_of(r), stats)?;
                 }
-                Vec::new()
             }
-            Engine::Pack(p) => {
-                let now = Instant::now();
-                let mut allowed = Vec::with_capacity(p.matched.len());
-                for &r in &p.matched {
-                    match p.budgets.get_mut(r).map(|b| b.spend(now)) {
-                        Some(Spend::Over { warn }) => {
-                            stats.over_budget += 1;
-                            stats.rules[p.slots[r]].over_budget += 1;
-                            if warn {
-                                let rule = &p.pack.rules()[r];
-                                let max =
-                                    if options.max_signals { Some(rule.max_signals) } else { None };
-                                announce_budget(options, Some((&rule.tag, max)));
-                            }
-                        }
-                        _ => allowed.push(r),
-                    }
-                }
-                if !allowed.is_empty() {
-                    stats.matches += 1;
-                    for &r in &allowed {
-                        stats.rules[p.slots[r]].matches += 1;
-                    }
-                    if tag_mode {
-                        return emit(&p.pack.enricher(&allowed), stats);
-                    }
-                    for &r in &allowed {
-                        emit(p.pack.enricher_of(r), stats)?;
-                    }
-                    return Ok(());
-                }
-                allowed
-            }
-        };
-        debug_assert!(allowed.is_empty());
-        if tag_mode {
-            write_line(out, line, terminator)?;
         }
         Ok(())
-    }
-
-    /// Decides one event split out of a container (`kind` says which).
-    fn evaluate_piece(&mut self, kind: Shape, piece: &[u8]) -> bool {
-        match &mut self.engine {
-            Engine::One { matcher, .. } => match kind {
-                Shape::Records => matcher.evaluate_record(piece),
-                Shape::LookupEvents => matcher.evaluate_lookup_event(piece),
-                _ => matcher.evaluate(piece),
-            }
-            .is_match(),
-            Engine::Pack(p) => match kind {
-                Shape::Records => {
-                    p.matched.clear();
-                    let set = &p.pack.set;
-                    let raw = p.evaluator.evaluate_raw(set, piece);
-                    let verdicts = p.evaluator.verdicts();
-                    p.matched.extend((0..verdicts.len()).filter(|&i| verdicts[i] == Tri::True));
-                    raw && !p.matched.is_empty()
-                }
-                Shape::LookupEvents => {
-                    let mut events = Vec::with_capacity(piece.len() + 12);
-                    events.extend_from_slice(b"{\"Events\":[");
-                    events.extend_from_slice(piece);
-                    events.extend_from_slice(b"]}");
-                    p.evaluate(&events, None, None).is_match()
-                }
-                _ => p.evaluate(piece, None, None).is_match(),
-            },
-        }
     }
 
     /// Splits a container line into one line per event when it can be split without losing
@@ -1144,7 +837,7 @@ impl Transform {
                 let Some(records) = scan::sole_array(line, "Records") else { return Ok(false) };
                 for record in records {
                     let record = &line[record];
-                    let matched = self.evaluate_piece(Shape::Records, record);
+                    let matched = self.decider.evaluate_piece(Shape::Records, record);
                     self.emit_split(record, matched, out)?;
                 }
             }
@@ -1152,14 +845,14 @@ impl Transform {
                 let Some(events) = scan::sole_array(line, "Events") else { return Ok(false) };
                 for event in events {
                     let event = &line[event];
-                    let matched = self.evaluate_piece(Shape::LookupEvents, event);
+                    let matched = self.decider.evaluate_piece(Shape::LookupEvents, event);
                     self.emit_split(event, matched, out)?;
                 }
             }
             Some(Shape::Envelope) => {
                 let Some(envelopes) = scan::split_envelope(line) else { return Ok(false) };
                 for envelope in envelopes {
-                    let matched = self.evaluate_piece(Shape::Envelope, &envelope);
+                    let matched = self.decider.evaluate_piece(Shape::Envelope, &envelope);
                     self.emit_split(&envelope, matched, out)?;
                 }
             }
@@ -1178,8 +871,8 @@ impl Transform {
         self.stats.records += 1;
         if matched {
             self.emit_match(event, b"\n", out)?;
-        } else if self.options.mode == Mode::Tag {
-            write_line(out, event, b"\n")?;
+        } else {
+            self.sink.no_match(out, event, b"\n")?;
         }
         Ok(())
     }
@@ -1201,17 +894,59 @@ impl Candidates for PackCandidates<'_, '_> {
     }
 }
 
-/// The one stderr line of a window whose alert budget is spent; `rule` names a pack's rule (its
-/// tag, and its own `max_signals` when that is its budget).
-fn announce_budget(options: &Options, rule: Option<(&str, Option<u64>)>) {
-    let b = options.alert_budget.expect("a spender has a budget");
-    let max = rule.and_then(|(_, m)| m).unwrap_or(b.max);
-    let whose = rule.map_or(String::new(), |(tag, _)| format!(" for rule {tag}"));
-    eprintln!(
-        "kmsguard: alert budget of {max} per {} s spent{whose}; further matches in this window {}",
-        b.window.as_secs(),
-        if options.mode == Mode::Tag { "pass unenriched" } else { "are dropped" }
-    );
+/// How much of an input held in memory each thread of [`run_chunked`] decides per round.
+const CHUNK: usize = 4 << 20;
+
+/// Decides an input held whole in memory (a mapped file) on as many threads as there are
+/// `transforms`, with the output [`Transform::run_slice`] gives on one: each round cuts the next
+/// `CHUNK` x N bytes into N chunks of whole lines, decides them in parallel into per-thread
+/// buffers and writes those in input order. `release` is called as in `run_slice`, after each
+/// round. With one transform this is `run_slice`.
+///
+/// # Errors
+///
+/// As [`Transform::run_slice`]; a chunk's invalid line under [`OnInvalid::Fail`] is numbered
+/// from the chunk's start.
+pub fn run_chunked(
+    transforms: &mut [Transform],
+    data: &[u8],
+    out: &mut dyn Write,
+    release: &mut dyn FnMut(usize) -> bool,
+) -> Result<(), Error> {
+    if let [only] = transforms {
+        return only.run_slice(data, out, release);
+    }
+    let mut pos = 0;
+    let mut outs: Vec<Vec<u8>> = vec![Vec::new(); transforms.len()];
+    while pos < data.len() {
+        let chunks: Vec<_> = (0..transforms.len())
+            .map(|_| {
+                let start = pos;
+                pos = line_end_after(data, pos + CHUNK);
+                start..pos
+            })
+            .collect();
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = transforms
+                .iter_mut()
+                .zip(&mut outs)
+                .zip(&chunks)
+                .map(|((t, o), chunk)| {
+                    o.clear();
+                    scope.spawn(move || t.process_slice(&data[chunk.clone()], o))
+                })
+                .collect();
+            workers.into_iter().try_for_each(|w| w.join().expect("a worker panicked"))
+        })?;
+        for o in &outs {
+            out.write_all(o)?;
+        }
+        if !release(pos) {
+            break;
+        }
+    }
+    out.flush()?;
+    Ok(())
 }
 
 /// Whether `line`, the first of an input, opens a document that goes on over the next lines, as
@@ -1259,12 +994,6 @@ pub fn line_end_after(data: &[u8], at: usize) -> usize {
     memchr::memchr(b'\n', &data[from..]).map_or(data.len(), |i| from + i + 1)
 }
 
-/// Writes a line and its terminator (`\n`, or nothing for a final line without one).
-fn write_line(out: &mut dyn Write, line: &[u8], terminator: &[u8]) -> io::Result<()> {
-    out.write_all(line)?;
-    out.write_all(terminator)
-}
-
 /// The 1-based number of the line starting at `data[start]`, `lines_before` lines having been
 /// read before `data`.
 fn line_number(lines_before: u64, data: &[u8], start: usize) -> u64 {
@@ -1274,6 +1003,7 @@ fn line_number(lines_before: u64, data: &[u8], start: usize) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::line_end_after;
+    use kmsguard_matcher::Matcher;
 
     #[test]
     fn spanning_documents_are_told_from_whole_ones() {
@@ -1284,6 +1014,54 @@ mod tests {
         for line in [r#"{"a":1}"#, "[1]", r#"{"a":"{"}"#, r#""{""#, "", "x{", r#"{"a":"b,"#] {
             assert!(!spans(line.as_bytes()), "{line}");
         }
+    }
+
+    #[test]
+    fn count_mode_writes_nothing_and_counts_what_filter_mode_writes() {
+        use super::{Mode, Options, Transform};
+        let sample = include_bytes!("../../../examples/cloudtrail-sample.ndjson");
+        let run = |mode| {
+            let mut t = Transform::new(Matcher::new(), Options { mode, ..Options::default() });
+            let mut out = Vec::new();
+            t.run(&mut &sample[..], &mut out).unwrap();
+            (out, t.stats().matches)
+        };
+        let (filtered, matches) = run(Mode::Filter);
+        let (counted, counted_matches) = run(Mode::Count);
+        assert!(matches > 0);
+        assert_eq!(filtered.iter().filter(|&&b| b == b'\n').count() as u64, matches);
+        assert!(counted.is_empty());
+        assert_eq!(counted_matches, matches);
+    }
+
+    #[test]
+    fn chunks_on_threads_write_what_one_transform_writes() {
+        use super::{run_chunked, Mode, Options, Transform};
+        let sample = include_bytes!("../../../examples/cloudtrail-sample.ndjson");
+        // Enough copies that the threads get several rounds of chunks.
+        let data: Vec<u8> = sample.repeat((3 * super::CHUNK) / sample.len() + 1);
+        let transforms = |n| {
+            (0..n)
+                .map(|_| {
+                    Transform::new(
+                        Matcher::new(),
+                        Options { mode: Mode::Tag, ..Options::default() },
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let (mut one, mut two) = (Vec::new(), Vec::new());
+        let mut releases = Vec::new();
+        run_chunked(&mut transforms(1), &data, &mut one, &mut |_| true).unwrap();
+        run_chunked(&mut transforms(2), &data, &mut two, &mut |end| {
+            releases.push(end);
+            true
+        })
+        .unwrap();
+        assert_eq!(one.len(), two.len());
+        assert!(one == two, "two threads wrote other bytes than one");
+        assert!(releases.len() > 1 && releases.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(releases.last(), Some(&data.len()));
     }
 
     #[test]
