@@ -287,6 +287,55 @@ fn sighup_reloads_the_rules_and_a_bad_set_keeps_the_old_one() {
 /// Elastic's rules on Elastic's pipeline fixtures, through the binary: each raw record gets the
 /// tags its ECS document gets (declared CloudTrail's), except where a rule is unknown on raw.
 #[test]
+fn watched_rules_reload_when_a_file_changes() {
+    let dir = temp_dir("watch");
+    write(&dir, "a.toml", &rule("a", "A", "event.action: DeleteTrail", None));
+    let mut child = spawn(&["--rules", dir.to_str().unwrap(), "--watch-rules", "--mode", "tag"]);
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut roundtrip = |line: &str| {
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+        let mut out = String::new();
+        stdout.read_line(&mut out).unwrap();
+        serde_json::from_str::<Value>(&out).unwrap()["tags"].clone()
+    };
+    // Within the watcher's second (and a slack for a loaded machine), stderr says what it did.
+    let said = |stderr: &mut BufReader<std::process::ChildStderr>| {
+        let mut said = String::new();
+        stderr.read_line(&mut said).unwrap();
+        said
+    };
+    assert_eq!(roundtrip(DELETE), json!(["a"]));
+    assert_eq!(roundtrip(STOP), Value::Null);
+    // A file replaced (written beside it and renamed, as deployment tools and most editors do,
+    // so that the watcher never reads half a file): the new query is in force once stderr says
+    // so.
+    let replace = |file: &str, text: &str| {
+        write(&dir, "next.tmp", text);
+        std::fs::rename(dir.join("next.tmp"), dir.join(file)).unwrap();
+    };
+    replace("a.toml", &rule("a", "A", "event.action: StopLogging", None));
+    let line = said(&mut stderr);
+    assert!(line.contains("rules changed: 1 rules loaded"), "{line}");
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(roundtrip(STOP), json!(["a"]));
+    assert_eq!(roundtrip(DELETE), Value::Null);
+    // A broken file added: the running set stays, and stderr says why.
+    replace("b.toml", &rule("b", "B", "event.action: (", None));
+    let line = said(&mut stderr);
+    assert!(line.contains("rules changed: rules not reloaded, the running set stays"), "{line}");
+    assert_eq!(roundtrip(STOP), json!(["a"]));
+    // Removing it is a change too: the set loads again.
+    std::fs::remove_file(dir.join("b.toml")).unwrap();
+    let line = said(&mut stderr);
+    assert!(line.contains("rules changed: 1 rules loaded"), "{line}");
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
 fn elastic_rules_tag_raw_records_as_their_ecs_documents() {
     let Some(data) = shared_data("elastic_rules_tag_raw_records_as_their_ecs_documents") else {
         return;

@@ -49,6 +49,11 @@ pub struct Args {
     #[arg(long, requires = "rules")]
     pub strict: bool,
 
+    /// With --rules: also reload when a rule file of --rules is added, removed or changed
+    /// (checked every second), as SIGHUP does: a set that fails to load leaves the running one.
+    #[arg(long, requires = "rules")]
+    pub watch_rules: bool,
+
     /// filter: only matching events come out, enriched. tag: every line comes out in order,
     /// unchanged byte for byte unless it matches, in which case it is enriched.
     #[arg(short, long, value_enum, default_value_t = ModeArg::Filter)]

@@ -23,7 +23,7 @@ use memmap2::{Mmap, UncheckedAdvice};
 use crate::cli::{Args, DatasetField, MaxAlerts, ModeArg, OnInvalidArg, StatsFormat, WarnKind};
 use crate::input::{Format, Input};
 use crate::output::{InputSink, Ordered, Separated};
-use crate::signal::StopOnSignal;
+use crate::signal::{Reload, StopOnSignal};
 
 fn main() -> ExitCode {
     if let Some(code) = nats_subcommand() {
@@ -536,7 +536,15 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
         }
         let pack = Pack::new(&loaded.rules, args.assume_dataset.clone());
         let handle = PACK.get_or_init(|| PackHandle::new(pack));
-        signal::on_hangup(reload_on_hangup(args.clone(), Arc::clone(handle)));
+        let changed = args.watch_rules.then(|| {
+            let paths = args.rules.clone();
+            let mut seen = kmsguard_rules::fingerprint(&paths);
+            Box::new(move || {
+                let now = kmsguard_rules::fingerprint(&paths);
+                now != std::mem::replace(&mut seen, now.clone())
+            }) as Box<dyn FnMut() -> bool + Send>
+        });
+        signal::on_hangup(reload_on_hangup(args.clone(), Arc::clone(handle)), changed);
     } else if let Some(dataset) = &args.assume_dataset {
         let rule = rule(args);
         let accepted = rule.dataset_clause().is_some_and(|c| c.terms.contains(&dataset.as_str()));
@@ -671,8 +679,8 @@ fn list_rules(args: &Args, loaded: &kmsguard_rules::Loaded) -> anyhow::Result<Ex
 /// rule loads; no file is broken or holds a query kmsguard cannot run; under `--strict`, none is
 /// refused), puts it in force for every thread's next buffer. Otherwise the running set stays
 /// and stderr says why.
-fn reload_on_hangup(args: Args, handle: Arc<PackHandle>) -> impl Fn() + Send + 'static {
-    move || {
+fn reload_on_hangup(args: Args, handle: Arc<PackHandle>) -> impl Fn(Reload) + Send + 'static {
+    move |why| {
         let loaded = kmsguard_rules::load(&args.rules);
         let broken = loaded.refused.iter().find(|r| !r.unsupported);
         let verdict = accept(&args, &loaded).and_then(|()| match broken {
@@ -683,13 +691,13 @@ fn reload_on_hangup(args: Args, handle: Arc<PackHandle>) -> impl Fn() + Send + '
             Ok(()) => {
                 handle.replace(Pack::new(&loaded.rules, args.assume_dataset.clone()));
                 eprintln!(
-                    "kmsguard: SIGHUP: {} rules loaded, {} refused; in force from the next buffer",
+                    "kmsguard: {why}: {} rules loaded, {} refused; in force from the next buffer",
                     loaded.rules.len(),
                     loaded.refused.len()
                 );
             }
-            Err(why) => {
-                eprintln!("kmsguard: SIGHUP: rules not reloaded, the running set stays: {why}")
+            Err(broken) => {
+                eprintln!("kmsguard: {why}: rules not reloaded, the running set stays: {broken}")
             }
         }
     }

@@ -39,9 +39,13 @@ extern "C" fn on_hangup_signal(_: libc::c_int) {
 }
 
 /// Runs `reload` on a background thread after each SIGHUP (checked every 100 ms; signals that
-/// arrive during a reload make one more). The handler does not stop the run, and, installed
-/// with `SA_RESTART`, does not interrupt reads.
-pub fn on_hangup(reload: impl Fn() + Send + 'static) {
+/// arrive during a reload make one more), and, when `changed` is given, whenever it says so
+/// (asked every second: `--watch-rules`). `reload` is told which. The handler does not stop the
+/// run, and, installed with `SA_RESTART`, does not interrupt reads.
+pub fn on_hangup(
+    reload: impl Fn(Reload) + Send + 'static,
+    mut changed: Option<Box<dyn FnMut() -> bool + Send>>,
+) {
     // SAFETY: as in `install`: a filled `struct sigaction` that lives for the call, and a
     // handler that only performs an atomic store.
     unsafe {
@@ -53,13 +57,35 @@ pub fn on_hangup(reload: impl Fn() + Send + 'static) {
     }
     std::thread::Builder::new()
         .name("kmsguard-reload".into())
-        .spawn(move || loop {
-            std::thread::sleep(Duration::from_millis(100));
-            if HANGUP.swap(false, Ordering::Relaxed) {
-                reload();
+        .spawn(move || {
+            for tick in 1u64.. {
+                std::thread::sleep(Duration::from_millis(100));
+                if HANGUP.swap(false, Ordering::Relaxed) {
+                    reload(Reload::Hangup);
+                } else if tick % 10 == 0 && changed.as_mut().is_some_and(|changed| changed()) {
+                    reload(Reload::Changed);
+                }
             }
         })
         .expect("spawn the reload thread");
+}
+
+/// Why the rules are reloaded.
+#[derive(Clone, Copy, Debug)]
+pub enum Reload {
+    /// A SIGHUP.
+    Hangup,
+    /// `--watch-rules` saw a rule file change.
+    Changed,
+}
+
+impl std::fmt::Display for Reload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Reload::Hangup => "SIGHUP",
+            Reload::Changed => "rules changed",
+        })
+    }
 }
 
 /// The signal that asked the run to stop, if any.

@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use kmsguard_matcher::kql::{self, Query};
 use kmsguard_matcher::ruleset::RuleSet;
@@ -131,30 +132,48 @@ struct RuleToml {
     max_signals: Option<u64>,
 }
 
+/// The rule files `path` names: itself, or a directory's `*.toml` files in path order.
+fn rule_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "toml") && p.is_file())
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// What [`load`] would read from `paths`, as names, sizes and modification times: when it
+/// changes, a rule was added, removed or edited (`--watch-rules` polls it).
+pub fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, Option<(u64, SystemTime)>)> {
+    paths
+        .iter()
+        .flat_map(|path| rule_files(path).unwrap_or_else(|_| vec![path.clone()]))
+        .map(|file| {
+            let meta = std::fs::metadata(&file).ok();
+            let stamp = meta.and_then(|m| Some((m.len(), m.modified().ok()?)));
+            (file, stamp)
+        })
+        .collect()
+}
+
 /// Loads rule files, and directories of them (their `*.toml` files, in path order).
 pub fn load(paths: &[PathBuf]) -> Loaded {
     let mut loaded = Loaded::default();
     for path in paths {
-        let files = if path.is_dir() {
-            let mut files: Vec<PathBuf> = match std::fs::read_dir(path) {
-                Ok(entries) => entries
-                    .filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| p.extension().is_some_and(|e| e == "toml") && p.is_file())
-                    .collect(),
-                Err(e) => {
-                    loaded.refused.push(Refused {
-                        path: path.clone(),
-                        name: None,
-                        reason: e.to_string(),
-                        unsupported: false,
-                    });
-                    continue;
-                }
-            };
-            files.sort();
-            files
-        } else {
-            vec![path.clone()]
+        let files = match rule_files(path) {
+            Ok(files) => files,
+            Err(e) => {
+                loaded.refused.push(Refused {
+                    path: path.clone(),
+                    name: None,
+                    reason: e.to_string(),
+                    unsupported: false,
+                });
+                continue;
+            }
         };
         // Parsing 194 files of TOML is most of the time it takes to load Elastic's AWS rules:
         // spread it over the cores, keeping path order.
