@@ -129,7 +129,11 @@ def main():
             "kmsguard tag --threads 2": ([k, "--mode", "tag", "--threads", "2"], path),
             "kmsguard filter --no-mmap": ([k, "--no-mmap"], path),
             "cat file | kmsguard filter": (f"cat {path} | {k}", "/dev/null"),
+            # rg never maps stdin (it reads it), while kmsguard maps a redirected file: the
+            # FILE row gives rg the path, so that it maps the file too (its fastest way).
             "rg -F -c kms.amazonaws.com": (["rg", "-F", "-c", "kms.amazonaws.com"], path),
+            "rg -F -c kms.amazonaws.com FILE": (
+                ["rg", "-F", "-c", "kms.amazonaws.com", str(path)], "/dev/null"),
             "cat": (["cat"], path),
             f"jq select (first {args.jq_size})": (["jq", "-c", JQ_FILTER], jq_path),
         }
