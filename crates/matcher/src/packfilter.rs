@@ -166,6 +166,9 @@ struct Stage1 {
     /// The searcher and pattern of the extra needle `eventName`, searched when some literal is
     /// a wildcard's on `event.action`.
     event_name: Option<(usize, usize)>,
+    /// The searcher and pattern of the escape literal `\u00`, searched with the needles rather
+    /// than in a pass of its own: a line holding it goes to the second stage as it is.
+    escape: (usize, usize),
 }
 
 impl Stage1 {
@@ -174,14 +177,14 @@ impl Stage1 {
         let bytes: Vec<&[u8]> = anchors.iter().map(|a| a.bytes.as_slice()).collect();
         let mut needles = needles(&bytes);
         let rendered = anchors.iter().any(|a| a.rendered_wildcard);
-        if rendered {
-            needles.push(EVENT_NAME.to_vec());
-        }
+        let at = |k: usize| (k / TEDDY_PATTERNS, k % TEDDY_PATTERNS);
         let mut stage = Stage1 { long_lines, ..Stage1::default() };
         if rendered {
-            let last = needles.len() - 1;
-            stage.event_name = Some((last / TEDDY_PATTERNS, last % TEDDY_PATTERNS));
+            stage.event_name = Some(at(needles.len()));
+            needles.push(EVENT_NAME.to_vec());
         }
+        stage.escape = at(needles.len());
+        needles.push(ESCAPE.to_vec());
         for chunk in needles.chunks(TEDDY_PATTERNS) {
             // The NFA builds in a fraction of the DFA's time; Teddy does the searching anyway.
             let searcher = AhoCorasick::builder()
@@ -241,6 +244,9 @@ impl Stage1 {
 
 /// A needle's alternates: (pattern, bytes).
 type Alternates = Vec<(usize, Vec<u8>)>;
+
+/// The escape literal: a line holding it may spell any literal (see the module's documentation).
+const ESCAPE: &[u8] = b"\\u00";
 
 /// The raw record member whose non-string value makes `event.action` unknown to wildcards.
 const EVENT_NAME: &[u8] = b"eventName";
@@ -355,7 +361,7 @@ impl PackPrefilter {
             all,
             pattern_of,
             every_line,
-            escape: Finder::new(b"\\u00").into_owned(),
+            escape: Finder::new(ESCAPE).into_owned(),
         }
     }
 
@@ -510,7 +516,6 @@ impl PackPrefilter {
             haystack,
             pos: 0,
             next_needle: Vec::new(),
-            next_escape: self.escape.find(haystack).unwrap_or(usize::MAX),
             next_long: if self.stage1.long_lines {
                 long_line_after(haystack, 0)
             } else {
@@ -533,8 +538,7 @@ pub struct PackCandidates<'p, 'h> {
     /// Per first-stage searcher, its next hit at or after the last search (offset, pattern);
     /// `None` when it has no more.
     next_needle: Vec<Option<(usize, usize)>>,
-    /// The next escape and the next long line's start (`usize::MAX`: none).
-    next_escape: usize,
+    /// The next long line's start (`usize::MAX`: none).
     next_long: usize,
     mask: RuleMask,
     scratch: Vec<u8>,
@@ -544,7 +548,7 @@ pub struct PackCandidates<'p, 'h> {
 enum Hit {
     /// Needle `pattern` of searcher `searcher`, at `at`.
     Needle { searcher: usize, pattern: usize, at: usize },
-    /// An escape, or a long line, at `at`: the line goes to the second stage as it is.
+    /// A long line at `at`: it goes to the second stage as it is.
     Line { at: usize },
 }
 
@@ -567,16 +571,13 @@ impl PackCandidates<'_, '_> {
                 self.next_needle[s] = self.search(s, pos);
             }
         }
-        if self.next_escape != usize::MAX && self.next_escape < pos {
-            self.next_escape = self.pre.escape.find(&hay[pos..]).map_or(usize::MAX, |i| pos + i);
-        }
         if self.next_long != usize::MAX && self.next_long < pos {
             self.next_long = long_line_after(hay, pos);
         }
         let needle = (0..self.next_needle.len())
             .filter_map(|s| self.next_needle[s].map(|(at, pattern)| (at, s, pattern)))
             .min();
-        let line = self.next_escape.min(self.next_long);
+        let line = self.next_long;
         match needle {
             Some((at, searcher, pattern)) if at < line => {
                 Some(Hit::Needle { searcher, pattern, at })
@@ -611,6 +612,12 @@ impl Iterator for PackCandidates<'_, '_> {
             } else {
                 match self.next_hit()? {
                     Hit::Line { at } => at,
+                    // An escape: the line goes to the second stage as it is.
+                    Hit::Needle { searcher, pattern, at }
+                        if self.pre.stage1.escape == (searcher, pattern) =>
+                    {
+                        at
+                    }
                     Hit::Needle { searcher, pattern, at }
                         if self.pre.stage1.event_name == Some((searcher, pattern)) =>
                     {
