@@ -243,98 +243,114 @@ fn listing_and_strictness() {
     );
 }
 
+/// A kmsguard in tag mode on pipes, fed one line at a time.
+struct Live {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: BufReader<std::process::ChildStdout>,
+    stderr: BufReader<std::process::ChildStderr>,
+}
+
+impl Live {
+    fn spawn(args: &[&str]) -> Live {
+        let mut child = spawn(args);
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        Live { child, stdin, stdout, stderr }
+    }
+
+    /// Writes `line` and returns the `tags` of the line that comes out for it.
+    fn tags(&mut self, line: &str) -> Value {
+        writeln!(self.stdin, "{line}").unwrap();
+        self.stdin.flush().unwrap();
+        let mut out = String::new();
+        self.stdout.read_line(&mut out).unwrap();
+        serde_json::from_str::<Value>(&out).unwrap()["tags"].clone()
+    }
+
+    /// The next line on stderr (it blocks until there is one).
+    fn said(&mut self) -> String {
+        let mut said = String::new();
+        self.stderr.read_line(&mut said).unwrap();
+        said
+    }
+
+    fn hangup(&self) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    }
+
+    /// Closes stdin; the run must end well.
+    fn finish(self) {
+        let Live { mut child, stdin, .. } = self;
+        drop(stdin);
+        assert!(child.wait().unwrap().success());
+    }
+}
+
 #[test]
 fn sighup_reloads_the_rules_and_a_bad_set_keeps_the_old_one() {
     let dir = temp_dir("reload");
     write(&dir, "a.toml", &rule("a", "A", "event.action: DeleteTrail", None));
-    let mut child = spawn(&["--rules", dir.to_str().unwrap(), "--mode", "tag"]);
-    let mut stdin = child.stdin.take().unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut roundtrip = |line: &str| {
-        writeln!(stdin, "{line}").unwrap();
-        stdin.flush().unwrap();
-        let mut out = String::new();
-        stdout.read_line(&mut out).unwrap();
-        serde_json::from_str::<Value>(&out).unwrap()["tags"].clone()
-    };
-    let hangup = |expect: &str, stderr: &mut BufReader<std::process::ChildStderr>| {
-        let status = Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap();
-        assert!(status.success());
-        let mut said = String::new();
-        stderr.read_line(&mut said).unwrap();
-        assert!(said.contains(expect), "{said}");
-    };
-    assert_eq!(roundtrip(DELETE), json!(["a"]));
-    assert_eq!(roundtrip(STOP), Value::Null);
+    let mut live = Live::spawn(&["--rules", dir.to_str().unwrap(), "--mode", "tag"]);
+    assert_eq!(live.tags(DELETE), json!(["a"]));
+    assert_eq!(live.tags(STOP), Value::Null);
     // Swap the rule and reload.
     std::fs::remove_file(dir.join("a.toml")).unwrap();
     write(&dir, "b.toml", &rule("b", "B", "event.action: StopLogging", None));
-    hangup("SIGHUP: 1 rules loaded", &mut stderr);
+    live.hangup();
+    let said = live.said();
+    assert!(said.contains("SIGHUP: 1 rules loaded"), "{said}");
     // The reload thread swaps the pack; the transform takes it before its next buffer.
     std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(roundtrip(STOP), json!(["b"]));
-    assert_eq!(roundtrip(DELETE), Value::Null);
+    assert_eq!(live.tags(STOP), json!(["b"]));
+    assert_eq!(live.tags(DELETE), Value::Null);
     // A broken file: the running set stays, and stderr says why.
     write(&dir, "c.toml", &rule("c", "C", "event.action: (", None));
-    hangup("rules not reloaded, the running set stays", &mut stderr);
+    live.hangup();
+    let said = live.said();
+    assert!(said.contains("SIGHUP: rules not reloaded, the running set stays"), "{said}");
     std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(roundtrip(STOP), json!(["b"]));
-    drop(stdin);
-    assert!(child.wait().unwrap().success());
+    assert_eq!(live.tags(STOP), json!(["b"]));
+    live.finish();
 }
 
-/// Elastic's rules on Elastic's pipeline fixtures, through the binary: each raw record gets the
-/// tags its ECS document gets (declared CloudTrail's), except where a rule is unknown on raw.
 #[test]
 fn watched_rules_reload_when_a_file_changes() {
     let dir = temp_dir("watch");
     write(&dir, "a.toml", &rule("a", "A", "event.action: DeleteTrail", None));
-    let mut child = spawn(&["--rules", dir.to_str().unwrap(), "--watch-rules", "--mode", "tag"]);
-    let mut stdin = child.stdin.take().unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut roundtrip = |line: &str| {
-        writeln!(stdin, "{line}").unwrap();
-        stdin.flush().unwrap();
-        let mut out = String::new();
-        stdout.read_line(&mut out).unwrap();
-        serde_json::from_str::<Value>(&out).unwrap()["tags"].clone()
-    };
-    // Within the watcher's second (and a slack for a loaded machine), stderr says what it did.
-    let said = |stderr: &mut BufReader<std::process::ChildStderr>| {
-        let mut said = String::new();
-        stderr.read_line(&mut said).unwrap();
-        said
-    };
-    assert_eq!(roundtrip(DELETE), json!(["a"]));
-    assert_eq!(roundtrip(STOP), Value::Null);
+    let mut live =
+        Live::spawn(&["--rules", dir.to_str().unwrap(), "--watch-rules", "--mode", "tag"]);
+    assert_eq!(live.tags(DELETE), json!(["a"]));
+    assert_eq!(live.tags(STOP), Value::Null);
     // A file replaced (written beside it and renamed, as deployment tools and most editors do,
     // so that the watcher never reads half a file): the new query is in force once stderr says
-    // so.
+    // so, within the watcher's second.
     let replace = |file: &str, text: &str| {
         write(&dir, "next.tmp", text);
         std::fs::rename(dir.join("next.tmp"), dir.join(file)).unwrap();
     };
     replace("a.toml", &rule("a", "A", "event.action: StopLogging", None));
-    let line = said(&mut stderr);
-    assert!(line.contains("rules changed: 1 rules loaded"), "{line}");
+    let said = live.said();
+    assert!(said.contains("rules changed: 1 rules loaded"), "{said}");
     std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(roundtrip(STOP), json!(["a"]));
-    assert_eq!(roundtrip(DELETE), Value::Null);
+    assert_eq!(live.tags(STOP), json!(["a"]));
+    assert_eq!(live.tags(DELETE), Value::Null);
     // A broken file added: the running set stays, and stderr says why.
     replace("b.toml", &rule("b", "B", "event.action: (", None));
-    let line = said(&mut stderr);
-    assert!(line.contains("rules changed: rules not reloaded, the running set stays"), "{line}");
-    assert_eq!(roundtrip(STOP), json!(["a"]));
+    let said = live.said();
+    assert!(said.contains("rules changed: rules not reloaded, the running set stays"), "{said}");
+    assert_eq!(live.tags(STOP), json!(["a"]));
     // Removing it is a change too: the set loads again.
     std::fs::remove_file(dir.join("b.toml")).unwrap();
-    let line = said(&mut stderr);
-    assert!(line.contains("rules changed: 1 rules loaded"), "{line}");
-    drop(stdin);
-    assert!(child.wait().unwrap().success());
+    let said = live.said();
+    assert!(said.contains("rules changed: 1 rules loaded"), "{said}");
+    live.finish();
 }
 
+/// Elastic's rules on Elastic's pipeline fixtures, through the binary: each raw record gets the
+/// tags its ECS document gets (declared CloudTrail's), except where a rule is unknown on raw.
 #[test]
 fn elastic_rules_tag_raw_records_as_their_ecs_documents() {
     let Some(data) = shared_data("elastic_rules_tag_raw_records_as_their_ecs_documents") else {

@@ -32,21 +32,11 @@ impl Transform {
                     skipping = true;
                     filled = 0;
                 } else {
-                    let grown = (buf.len() * 2).min(max_line.saturating_add(1));
-                    buf.resize(grown.max(buf.len() + 1), 0);
+                    grow(&mut buf, max_line);
                 }
             }
             let want = buf.len() - filled;
-            let n = match input.read(&mut buf[filled..]) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // Keep what was decided; the caller reports the error.
-                    let _ = out.flush();
-                    return Err(Error { kind: ErrorKind::Read(e) });
-                }
-            };
+            let Some(n) = read_more(input, &mut buf[filled..], out)? else { break };
             let mut new = filled;
             filled += n;
             if skipping {
@@ -130,20 +120,11 @@ impl Transform {
                     pos = 0;
                     scanned = 0;
                 } else {
-                    let grown = (buf.len() * 2).min(max_doc.saturating_add(1));
-                    buf.resize(grown.max(buf.len() + 1), 0);
+                    grow(&mut buf, max_doc);
                 }
             }
             let want = buf.len() - filled;
-            let n = match input.read(&mut buf[filled..]) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    let _ = out.flush();
-                    return Err(Error { kind: ErrorKind::Read(e) });
-                }
-            };
+            let Some(n) = read_more(input, &mut buf[filled..], out)? else { break };
             filled += n;
             if let Some(scanner) = oversized.as_mut() {
                 let end = scanner.feed(&buf[pos..filled]).map(|k| pos + k);
@@ -329,6 +310,33 @@ impl Transform {
             wrapping.end(out)?;
         }
         Ok(())
+    }
+}
+
+/// Doubles a full read buffer, up to one byte more than the longest line (or document) held.
+fn grow(buf: &mut Vec<u8>, max: usize) {
+    let grown = (buf.len() * 2).min(max.saturating_add(1));
+    buf.resize(grown.max(buf.len() + 1), 0);
+}
+
+/// Reads into `buf` (retrying when interrupted); `None` at the end of the input. On a read
+/// error, what was decided is flushed to `out` before the error is returned.
+fn read_more(
+    input: &mut dyn Read,
+    buf: &mut [u8],
+    out: &mut dyn Write,
+) -> Result<Option<usize>, Error> {
+    loop {
+        match input.read(buf) {
+            Ok(0) => return Ok(None),
+            Ok(n) => return Ok(Some(n)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                // Keep what was decided; the caller reports the error.
+                let _ = out.flush();
+                return Err(Error { kind: ErrorKind::Read(e) });
+            }
+        }
     }
 }
 
