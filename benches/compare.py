@@ -9,6 +9,7 @@ ratio of each command's time to kmsguard filter mode's.
     python3 benches/compare.py                      # every profile, 256 MiB each
     python3 benches/compare.py --profiles mixed --size 64M --rounds 5
     python3 benches/compare.py --rules ../shared/data/detection-rules/aws   # also a rule pack
+    python3 benches/compare.py --against /tmp/kmsguard-old   # a change: another build, side by side
 
 It installs ripgrep and jq from Debian when they are missing (as root).
 """
@@ -112,6 +113,8 @@ def main():
     ap.add_argument("--rules", help="a rule directory for --rules (Elastic's AWS rules): adds the "
                     "pack's filter and tag runs")
     ap.add_argument("--no-jq", action="store_true", help="leave jq out (it takes most of the time)")
+    ap.add_argument("--against", help="another kmsguard binary (a baseline build) to run beside "
+                    "this one, in the same alternating rounds")
     args = ap.parse_args()
     ensure_tools()
     size = size_bytes(args.size)
@@ -144,6 +147,11 @@ def main():
             commands["kmsguard --rules (pack) filter"] = (pack, path)
             commands["kmsguard --rules (pack) tag"] = (pack + ["--mode", "tag"], path)
             commands["kmsguard --rules (pack) filter --threads 2"] = (pack + ["--threads", "2"], path)
+        if args.against:
+            commands["baseline filter"] = ([args.against], path)
+            if args.rules:
+                commands["baseline --rules (pack) filter"] = (
+                    [args.against, "--rules", args.rules, "--no-warn", "refused"], path)
         times = {name: [] for name in commands}
         for _ in range(args.rounds):
             for name, (cmd, stdin) in commands.items():

@@ -3,6 +3,9 @@
 //!
 //! Every benchmark checks its answer (the generator's match count) before it is timed.
 //!
+//! `seed-prefilter` is the built-in rule's buffer-wide candidate search (one fused pass for
+//! `leKey` and `\u00` where the CPU has AVX2) beside the two `memmem` passes it replaces.
+//!
 //! `rule-count` is the per-event cost of a rule pack (`--rules`) against its size: the seed
 //! rule written as KQL, then 9, 84 and 999 synthetic rules beside it, in Elastic's shape
 //! (dataset, provider, action, outcome; some with a `not` or a wildcard), over services the
@@ -173,5 +176,28 @@ fn rule_count(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, profiles, paths, exact_vs_simd_json, rule_count);
+/// The seed rule's candidate search over each profile, beside two plain `memmem` passes (the
+/// search before the fused scan, without its whole-term confirmations: a lower bound of it).
+fn seed_prefilter(c: &mut Criterion) {
+    let matcher = Matcher::new();
+    let prefilter = matcher.prefilter();
+    let finders: Vec<_> =
+        prefilter.needles().map(|n| memchr::memmem::Finder::new(n).into_owned()).collect();
+    for profile in [Profile::MIXED, Profile::KMS_ROTATION, Profile::ENVELOPE] {
+        let (data, matches) = corpus(profile);
+        let found = prefilter.candidate_lines(&data).count() as u64;
+        assert!(found >= matches, "{}: {found} candidates, {matches} matches", profile.name);
+        let mut group = c.benchmark_group(format!("seed-prefilter/{}", profile.name));
+        group.throughput(Throughput::Bytes(data.len() as u64));
+        group.bench_function("candidate-lines", |b| {
+            b.iter(|| prefilter.candidate_lines(black_box(&data)).count())
+        });
+        group.bench_function("memmem-two-passes", |b| {
+            b.iter(|| finders.iter().map(|f| f.find_iter(black_box(&data)).count()).sum::<usize>())
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(benches, profiles, paths, exact_vs_simd_json, seed_prefilter, rule_count);
 criterion_main!(benches);
