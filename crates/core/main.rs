@@ -515,6 +515,8 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let start = Instant::now();
     let silenced = |kind| args.no_warn.contains(&kind) || args.no_warn.contains(&WarnKind::All);
     if !args.rules.is_empty() {
+        // Taken before the files are read, so that an edit while they load is a change.
+        let fingerprint = args.watch_rules.then(|| kmsguard_rules::fingerprint(&args.rules));
         let loaded = kmsguard_rules::load(&args.rules);
         if args.list_rules {
             return list_rules(args, &loaded);
@@ -536,9 +538,8 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
         }
         let pack = Pack::new(&loaded.rules, args.assume_dataset.clone());
         let handle = PACK.get_or_init(|| PackHandle::new(pack));
-        let changed = args.watch_rules.then(|| {
+        let changed = fingerprint.map(|mut seen| {
             let paths = args.rules.clone();
-            let mut seen = kmsguard_rules::fingerprint(&paths);
             Box::new(move || {
                 let now = kmsguard_rules::fingerprint(&paths);
                 now != std::mem::replace(&mut seen, now.clone())

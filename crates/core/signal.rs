@@ -61,6 +61,11 @@ pub fn on_hangup(
             for tick in 1u64.. {
                 std::thread::sleep(Duration::from_millis(100));
                 if HANGUP.swap(false, Ordering::Relaxed) {
+                    // The watcher takes the files as they are before this load reads them, so
+                    // it does not load them again next second; a later edit is still a change.
+                    if let Some(changed) = changed.as_mut() {
+                        changed();
+                    }
                     reload(Reload::Hangup);
                 } else if tick % 10 == 0 && changed.as_mut().is_some_and(|changed| changed()) {
                     reload(Reload::Changed);

@@ -145,18 +145,41 @@ fn rule_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// What [`load`] would read from `paths`, as names, sizes and modification times: when it
-/// changes, a rule was added, removed or edited (`--watch-rules` polls it).
-pub fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, Option<(u64, SystemTime)>)> {
+/// What [`load`] would read from `paths`: each file's name and [`Stamp`]. When it changes, a
+/// rule was added, removed or edited (`--watch-rules` polls it).
+pub fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, Option<Stamp>)> {
     paths
         .iter()
         .flat_map(|path| rule_files(path).unwrap_or_else(|_| vec![path.clone()]))
         .map(|file| {
-            let meta = std::fs::metadata(&file).ok();
-            let stamp = meta.and_then(|m| Some((m.len(), m.modified().ok()?)));
+            let stamp = std::fs::metadata(&file).ok().map(|m| Stamp::of(&m));
             (file, stamp)
         })
         .collect()
+}
+
+/// What tells one version of a file from another without reading it: its size and
+/// modification time, and on Unix its inode and change time, which no copy that keeps times
+/// (`cp -p`, `rsync -t`, `tar x`) and no rename can keep.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    len: u64,
+    modified: Option<SystemTime>,
+    /// Inode, change time (seconds, nanoseconds).
+    unix: Option<(u64, i64, i64)>,
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Stamp {
+        #[cfg(unix)]
+        let unix = {
+            use std::os::unix::fs::MetadataExt;
+            Some((meta.ino(), meta.ctime(), meta.ctime_nsec()))
+        };
+        #[cfg(not(unix))]
+        let unix = None;
+        Stamp { len: meta.len(), modified: meta.modified().ok(), unix }
+    }
 }
 
 /// Loads rule files, and directories of them (their `*.toml` files, in path order).
@@ -275,6 +298,29 @@ pub fn compile(rules: &[PackRule], assume_dataset: Option<String>) -> RuleSet {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_file_replaced_with_the_same_size_and_time_is_a_change() {
+        let dir = std::env::temp_dir().join(format!("kmsguard-stamp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (rule, next) = (dir.join("a.toml"), dir.join("a.next"));
+        std::fs::write(&rule, "query = 'event.action: DeleteTrail'").unwrap();
+        let paths = [dir.clone()];
+        let before = fingerprint(&paths);
+        assert_eq!(before.len(), 1, "a directory's .toml files, not the others");
+        assert_eq!(fingerprint(&paths), before, "nothing changed");
+        // Another version, as `cp -p` or `rsync -t` leaves it: same size, same modification
+        // time, renamed into place.
+        std::fs::write(&next, "query = 'event.action: StopLogging'").unwrap();
+        let modified = std::fs::metadata(&rule).unwrap().modified().unwrap();
+        std::fs::File::options().write(true).open(&next).unwrap().set_modified(modified).unwrap();
+        std::fs::rename(&next, &rule).unwrap();
+        let after = fingerprint(&paths);
+        assert_eq!(after.len(), 1);
+        assert_ne!(after, before);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     use super::*;
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {

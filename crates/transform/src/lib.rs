@@ -68,7 +68,8 @@ pub enum Mode {
     /// enriched (their line terminator kept).
     Tag,
     /// Nothing written: matches are counted in [`Stats`] and not enriched (`--count`,
-    /// `--quiet`). Invalid lines are handled as in filter mode, without being written.
+    /// `--quiet`), so the enrichment's counts ([`Stats::displaced`], [`Stats::skipped`]) stay
+    /// zero. Invalid lines are handled as in filter mode, without being written.
     Count,
 }
 
