@@ -33,6 +33,7 @@
 use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use memchr::memmem::Finder;
 
+use crate::prefilter::line_around;
 use crate::ruleset::{Expr, RuleSet, Source, Test};
 
 /// Lines at least this long may hold a flattened field whose string form reaches Elasticsearch's
@@ -631,10 +632,7 @@ impl Iterator for PackCandidates<'_, '_> {
                         // The rules of the anchors found whole here; the line goes on when
                         // one of them may fire, else the search goes on right after the
                         // needle (another anchor may follow in the same line).
-                        let start = memchr::memrchr(b'\n', &hay[self.pos..at])
-                            .map_or(self.pos, |i| self.pos + i + 1);
-                        let end = memchr::memchr(b'\n', &hay[at..]).map_or(hay.len(), |i| at + i);
-                        let line = &hay[start..end];
+                        let line = &hay[line_around(hay, self.pos, at)];
                         let stage1 = &self.pre.stage1;
                         let possible = stage1
                             .confirmed(hay, searcher, pattern, at)
@@ -648,12 +646,10 @@ impl Iterator for PackCandidates<'_, '_> {
                     }
                 }
             };
-            let start =
-                memchr::memrchr(b'\n', &hay[self.pos..at]).map_or(self.pos, |i| self.pos + i + 1);
-            let end = memchr::memchr(b'\n', &hay[at..]).map_or(hay.len(), |i| at + i);
-            self.pos = end + 1;
-            if self.pre.possible(&hay[start..end], &mut self.mask, &mut self.scratch) {
-                return Some(start..end);
+            let line = line_around(hay, self.pos, at);
+            self.pos = line.end + 1;
+            if self.pre.possible(&hay[line.clone()], &mut self.mask, &mut self.scratch) {
+                return Some(line);
             }
         }
         None

@@ -190,6 +190,14 @@ fn whole_term_at(hay: &[u8], start: usize, term: &[u8]) -> bool {
         && hay.get(start..end) == Some(term)
 }
 
+/// The line of `hay` that holds `at`, without its `\n`, looking back no further than `from` (a
+/// line start): a hit's line, found without splitting the buffer into lines.
+pub(crate) fn line_around(hay: &[u8], from: usize, at: usize) -> std::ops::Range<usize> {
+    let start = memchr::memrchr(b'\n', &hay[from..at]).map_or(from, |i| from + i + 1);
+    let end = memchr::memchr(b'\n', &hay[at..]).map_or(hay.len(), |i| at + i);
+    start..end
+}
+
 /// Iterator over candidate line ranges, returned by [`Prefilter::candidate_lines`].
 #[derive(Debug)]
 pub struct CandidateLines<'p, 'h> {
@@ -240,11 +248,9 @@ impl Iterator for CandidateLines<'_, '_> {
                 self.next[n] = next.map_or(usize::MAX, |i| hit + 1 + i);
             }
         };
-        let start =
-            memchr::memrchr(b'\n', &hay[self.pos..hit]).map_or(self.pos, |i| self.pos + i + 1);
-        let end = memchr::memchr(b'\n', &hay[hit..]).map_or(hay.len(), |i| hit + i);
-        self.pos = end + 1;
-        Some(start..end)
+        let line = line_around(hay, self.pos, hit);
+        self.pos = line.end + 1;
+        Some(line)
     }
 }
 
