@@ -2,11 +2,10 @@
 //! pipeline tests, AWS's documented examples and Panther's labelled tests.
 
 use std::fs;
-use std::path::Path;
 
 use serde_json::{json, Value};
 
-use crate::util::{shared_data, stdout_of};
+use crate::util::{ndjson, shared_data, stdout_of};
 
 /// Which lines kmsguard enriches, run once in tag mode over all `lines`.
 fn verdicts(args: &[&str], lines: &[String]) -> Vec<bool> {
@@ -18,15 +17,6 @@ fn verdicts(args: &[&str], lines: &[String]) -> Vec<bool> {
     let outs: Vec<&str> = out.lines().collect();
     assert_eq!(outs.len(), lines.len());
     lines.iter().zip(outs).map(|(i, o)| i != o).collect()
-}
-
-fn ndjson(path: &Path) -> Vec<Value> {
-    fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 fn has_action(doc: &Value, action: &str) -> bool {

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use kmsguard_matcher::ruleset::{PackEvaluator, PackVerdict, Tri};
 use kmsguard_matcher::Shape;
 
-use crate::util::shared_data;
+use crate::util::{ndjson, shared_data};
 
 #[test]
 fn every_aws_query_rule_loads_and_the_others_are_refused_by_reason() {
@@ -41,12 +41,10 @@ fn raw_records_and_their_ecs_documents_agree_on_every_rule() {
     let loaded = kmsguard_rules::load(&[data.join("detection-rules/aws")]);
     let raw_set = kmsguard_rules::compile(&loaded.rules, None);
     let ecs_set = kmsguard_rules::compile(&loaded.rules, Some("aws.cloudtrail".into()));
-    let pairs = std::fs::read_to_string(data.join("integrations-pairs.ndjson")).unwrap();
     let mut ev = PackEvaluator::new();
     let (mut known, mut unknown, mut fired) = (0, 0, 0);
     let mut fired_rules = BTreeMap::new();
-    for line in pairs.lines().filter(|l| !l.trim().is_empty()) {
-        let pair: serde_json::Value = serde_json::from_str(line).unwrap();
+    for pair in ndjson(&data.join("integrations-pairs.ndjson")) {
         let raw = serde_json::to_string(&pair["raw"]).unwrap();
         let ecs = serde_json::to_string(&pair["ecs"]).unwrap();
         let fixture = pair["fixture"].as_str().unwrap_or("?");

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::util::{kmsguard, shared_data, spawn, stdout_of};
+use crate::util::{kmsguard, ndjson, shared_data, spawn, stdout_of};
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("kmsguard-rules-{name}-{}", std::process::id()));
@@ -357,8 +357,7 @@ fn elastic_rules_tag_raw_records_as_their_ecs_documents() {
         return;
     };
     let rules = data.join("detection-rules/aws");
-    let pairs = std::fs::read_to_string(data.join("integrations-pairs.ndjson")).unwrap();
-    let pairs: Vec<Value> = pairs.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let pairs = ndjson(&data.join("integrations-pairs.ndjson"));
     let raw: String = pairs.iter().map(|p| format!("{}\n", p["raw"])).collect();
     let ecs: String = pairs.iter().map(|p| format!("{}\n", p["ecs"])).collect();
     let tags = |input: &str, extra: &[&str]| -> Vec<Value> {

@@ -65,6 +65,16 @@ pub fn shared_data(test: &str) -> Option<PathBuf> {
     None
 }
 
+/// The JSON values of an NDJSON file's non-blank lines.
+pub fn ndjson(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 /// Parses a line strictly (no repeated keys) with the reference parser.
 pub fn strict_json(line: &[u8]) -> kmsguard_reference::Json {
     kmsguard_reference::parse(line)
