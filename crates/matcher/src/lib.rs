@@ -45,6 +45,7 @@ mod prefilter;
 mod rule;
 pub mod ruleset;
 mod shape;
+mod terms;
 
 pub use crate::eval::{Verdict, MAX_DEPTH};
 pub use crate::explain::{Explanation, Miss};

@@ -20,6 +20,14 @@
 //! `DisableKey`. A string escaped for an envelope ends in `\"`, so the byte after the term may
 //! also be a backslash.
 //!
+//! # The first stage
+//!
+//! Each rule's rarest clause's literals are its *anchors*. Anchors that start a term (nearly
+//! all of Elastic's pack: action names) are found from the quote before them by the term scan
+//! (`terms.rs`, AVX2), the others through shared needles by Teddy. An anchor found whole is a
+//! literal known to be in its line: a line's memo keeps what is known of each literal, so the
+//! other clauses' literals are each looked for once per line, whatever the number of hits.
+//!
 //! # Soundness
 //!
 //! A line holding `\u00` may spell anything: every rule with literals is then possible. A rule
@@ -35,6 +43,7 @@ use memchr::memmem::Finder;
 
 use crate::prefilter::line_around;
 use crate::ruleset::{Expr, RuleSet, Source, Test};
+use crate::terms::{TermHit, TermScan};
 
 /// Lines at least this long may hold a flattened field whose string form reaches Elasticsearch's
 /// 32,766-character limit (a number such as `9e6` writes back as `9000000.0`, three times its
@@ -139,6 +148,10 @@ pub struct PackPrefilter {
     /// Some rule has no clause: every line is a candidate.
     every_line: bool,
     escape: Finder<'static>,
+    /// Per first-stage anchor, the literals it is (a found anchor is a literal found).
+    anchor_literals: Vec<Vec<usize>>,
+    /// Some literal is a wildcard's on `event.action` (see [`non_string_event_name`]).
+    rendered: bool,
 }
 
 /// Teddy, the SIMD searcher aho-corasick uses for small sets, takes at most this many patterns.
@@ -168,14 +181,66 @@ struct Stage1 {
     /// a wildcard's on `event.action`.
     event_name: Option<(usize, usize)>,
     /// The searcher and pattern of the escape literal `\u00`, searched with the needles rather
-    /// than in a pass of its own: a line holding it goes to the second stage as it is.
-    escape: (usize, usize),
+    /// than in a pass of its own when there is no term scan: a line holding it goes to the
+    /// second stage as it is.
+    escape: Option<(usize, usize)>,
+    /// The whole-term anchors (after a quote, before a quote or backslash), when this CPU can
+    /// scan for them from their quotes (`terms.rs`); it also finds the escape literal. The
+    /// searchers then hold only the other anchors' needles.
+    terms: Option<TermScan>,
+    /// Per term of `terms`, the anchors that stand where it stands whole: the anchors that are
+    /// that term, and the prefix anchors it starts with.
+    term_anchors: Vec<Vec<usize>>,
+    /// Per prefix of `terms`, the anchors that are that prefix.
+    prefix_anchors: Vec<Vec<usize>>,
+}
+
+/// Whether an anchor is found by the term scan as a term: a whole term, after a quote and
+/// before a quote or backslash, of at least two bytes.
+fn whole_term(a: &Literal) -> bool {
+    a.quote_before && a.quote_after && a.bytes.len() >= 2
+}
+
+/// Whether an anchor is found by the term scan as a prefix: after a quote, of at least two
+/// bytes, with nothing said of what follows it.
+fn prefix_term(a: &Literal) -> bool {
+    a.quote_before && !a.quote_after && a.bytes.len() >= 2
 }
 
 impl Stage1 {
-    fn new(anchors: Vec<Literal>) -> Stage1 {
+    fn new(anchors: Vec<Literal>, term_scan: bool) -> Stage1 {
         let long_lines = anchors.iter().any(|a| a.flattened);
-        let bytes: Vec<&[u8]> = anchors.iter().map(|a| a.bytes.as_slice()).collect();
+        let distinct = |kind: fn(&Literal) -> bool| {
+            let mut bytes: Vec<&[u8]> =
+                anchors.iter().filter(|a| kind(a)).map(|a| a.bytes.as_slice()).collect();
+            bytes.sort_unstable();
+            bytes.dedup();
+            bytes
+        };
+        let (terms, prefixes) = (distinct(whole_term), distinct(prefix_term));
+        let scan = if term_scan { TermScan::new(&terms, &prefixes) } else { None };
+        let scanned = |a: &Literal| scan.is_some() && (whole_term(a) || prefix_term(a));
+        let holders = |holds: &dyn Fn(&Literal) -> bool| -> Vec<usize> {
+            (0..anchors.len()).filter(|&i| holds(&anchors[i])).collect()
+        };
+        let (term_anchors, prefix_anchors) = match scan {
+            Some(_) => (
+                terms
+                    .iter()
+                    .map(|t| {
+                        holders(&|a| {
+                            (whole_term(a) && a.bytes == *t)
+                                || (prefix_term(a) && t.starts_with(&a.bytes))
+                        })
+                    })
+                    .collect(),
+                prefixes.iter().map(|p| holders(&|a| prefix_term(a) && a.bytes == *p)).collect(),
+            ),
+            None => (Vec::new(), Vec::new()),
+        };
+        // The anchors the searchers find, by index: all of them without a term scan.
+        let searched = holders(&|a| !scanned(a));
+        let bytes: Vec<&[u8]> = searched.iter().map(|&i| anchors[i].bytes.as_slice()).collect();
         let mut needles = needles(&bytes);
         let rendered = anchors.iter().any(|a| a.rendered_wildcard);
         let at = |k: usize| (k / TEDDY_PATTERNS, k % TEDDY_PATTERNS);
@@ -184,8 +249,13 @@ impl Stage1 {
             stage.event_name = Some(at(needles.len()));
             needles.push(EVENT_NAME.to_vec());
         }
-        stage.escape = at(needles.len());
-        needles.push(ESCAPE.to_vec());
+        if scan.is_none() {
+            stage.escape = Some(at(needles.len()));
+            needles.push(ESCAPE.to_vec());
+        }
+        stage.terms = scan;
+        stage.term_anchors = term_anchors;
+        stage.prefix_anchors = prefix_anchors;
         for chunk in needles.chunks(TEDDY_PATTERNS) {
             // The NFA builds in a fraction of the DFA's time; Teddy does the searching anyway.
             let searcher = AhoCorasick::builder()
@@ -198,8 +268,8 @@ impl Stage1 {
                 .map(|n| {
                     bytes
                         .iter()
-                        .enumerate()
-                        .flat_map(|(a, b)| memchr::memmem::find_iter(b, n).map(move |at| (a, at)))
+                        .zip(&searched)
+                        .flat_map(|(b, &a)| memchr::memmem::find_iter(b, n).map(move |at| (a, at)))
                         .collect()
                 })
                 .collect();
@@ -219,6 +289,18 @@ impl Stage1 {
         }
         stage.anchors = anchors;
         stage
+    }
+
+    /// The anchors standing where the term scan found `hit`.
+    fn scanned(&self, hit: TermHit) -> impl Iterator<Item = usize> + '_ {
+        let (term, prefixes) = match hit {
+            TermHit::Term(n) => (Some(n), 0),
+            TermHit::Prefixes(bits) => (None, bits),
+            TermHit::Escape => (None, 0),
+        };
+        let prefixes = (0..64).filter(move |i| prefixes >> i & 1 == 1);
+        let term = term.into_iter().flat_map(|n| &self.term_anchors[n]);
+        term.chain(prefixes.flat_map(|i| &self.prefix_anchors[i])).copied()
     }
 
     /// The anchors that the needle `pattern` of searcher `s`, found at `at` in `hay`, is part
@@ -247,7 +329,12 @@ impl Stage1 {
 type Alternates = Vec<(usize, Vec<u8>)>;
 
 /// The escape literal: a line holding it may spell any literal (see the module's documentation).
-const ESCAPE: &[u8] = b"\\u00";
+pub(crate) const ESCAPE: &[u8] = b"\\u00";
+
+/// What a line's memo knows of a literal (see [`PackPrefilter::holds`]).
+const UNKNOWN: u8 = 0;
+const HELD: u8 = 1;
+const ABSENT: u8 = 2;
 
 /// The raw record member whose non-string value makes `event.action` unknown to wildcards.
 const EVENT_NAME: &[u8] = b"eventName";
@@ -310,6 +397,13 @@ fn needles(anchors: &[&[u8]]) -> Vec<Vec<u8>> {
 impl PackPrefilter {
     /// Builds the prefilter of `set`.
     pub fn new(set: &RuleSet) -> PackPrefilter {
+        PackPrefilter::with_term_scan(set, true)
+    }
+
+    /// Builds the prefilter of `set`, finding whole-term anchors from their quotes
+    /// (`term_scan`, where the CPU allows) or with the other needles: both must say the same,
+    /// which the tests check on CPUs that have the term scan.
+    pub fn with_term_scan(set: &RuleSet, term_scan: bool) -> PackPrefilter {
         let mut literals: Vec<Literal> = Vec::new();
         let mut clauses = Vec::with_capacity(set.len());
         for expr in set.exprs() {
@@ -344,7 +438,7 @@ impl PackPrefilter {
             .collect();
         anchors.sort();
         anchors.dedup();
-        let mut stage1 = Stage1::new(anchors);
+        let mut stage1 = Stage1::new(anchors, term_scan);
         stage1.anchor_rules = vec![Vec::new(); stage1.anchors.len()];
         for (rule, cnf) in clauses.iter().enumerate() {
             let Some(clause) = cnf.iter().max_by_key(|c| rarity(&literals, c)) else { continue };
@@ -353,8 +447,15 @@ impl PackPrefilter {
                 stage1.anchor_rules[a].push(rule);
             }
         }
+        let anchor_literals = stage1
+            .anchors
+            .iter()
+            .map(|a| (0..literals.len()).filter(|&l| literals[l] == *a).collect())
+            .collect();
         PackPrefilter {
             rules: set.len(),
+            anchor_literals,
+            rendered: literals.iter().any(|l| l.rendered_wildcard),
             stage1,
             finders: literals.iter().map(|l| Finder::new(&l.bytes).into_owned()).collect(),
             literals,
@@ -374,8 +475,9 @@ impl PackPrefilter {
     /// How many literals the first stage confirms (each rule's rarest clause's), and through
     /// how many needles it finds them.
     pub fn anchor_count(&self) -> (usize, usize) {
-        let needles = self.stage1.holders.iter().map(Vec::len).sum();
-        (self.stage1.anchors.len(), needles)
+        let terms = self.stage1.term_anchors.len() + self.stage1.prefix_anchors.len();
+        let needles: usize = self.stage1.holders.iter().map(Vec::len).sum();
+        (self.stage1.anchors.len(), needles + terms)
     }
 
     /// Rule `rule`'s necessary literals, as `--list-rules` shows them: its clauses joined by
@@ -401,42 +503,73 @@ impl PackPrefilter {
 
     /// Whether rule `rule` may fire on `line`, which holds no escape: each of its clauses has a
     /// literal in it.
-    fn rule_possible(&self, rule: usize, line: &[u8]) -> bool {
-        if self.rendered_wildcards() && non_string_event_name(line) {
-            return true;
-        }
-        self.clauses_hold(rule, line)
+    fn rule_possible(&self, rule: usize, line: &[u8], memo: &mut [u8]) -> bool {
+        (self.rendered && self.non_string_name(line, memo)) || self.clauses_hold(rule, line, memo)
     }
 
     /// Whether each clause of rule `rule` has a literal in `line` (no escape, and `eventName`
     /// only as a string, in it).
-    fn clauses_hold(&self, rule: usize, line: &[u8]) -> bool {
+    fn clauses_hold(&self, rule: usize, line: &[u8], memo: &mut [u8]) -> bool {
         let long = line.len() >= LONG_LINE;
         self.clauses[rule].iter().all(|clause| {
-            clause.iter().any(|&l| {
-                let lit = &self.literals[l];
-                (long && lit.flattened) || holds_in(lit, &self.finders[l], line)
-            })
+            clause
+                .iter()
+                .any(|&l| (long && self.literals[l].flattened) || self.holds(l, line, memo))
         })
     }
 
-    /// Whether some literal is a wildcard's on `event.action`.
-    fn rendered_wildcards(&self) -> bool {
-        self.literals.iter().any(|l| l.rendered_wildcard)
+    /// Readies `memo` for a new line: nothing known yet.
+    fn fresh_memo(&self, memo: &mut Vec<u8>) {
+        memo.clear();
+        memo.resize(self.literals.len() + 1, UNKNOWN);
+    }
+
+    /// Whether literal `l` stands whole in `line`, looked for once per line: `memo` holds, per
+    /// literal, what is known of it in this line (and in its last slot, of `eventName`).
+    fn holds(&self, l: usize, line: &[u8], memo: &mut [u8]) -> bool {
+        if memo[l] == UNKNOWN {
+            let holds = holds_in(&self.literals[l], &self.finders[l], line);
+            memo[l] = if holds { HELD } else { ABSENT };
+        }
+        memo[l] == HELD
+    }
+
+    /// Records in `memo` that anchor `a` was found whole in the line.
+    fn found(&self, a: usize, memo: &mut [u8]) {
+        for &l in &self.anchor_literals[a] {
+            memo[l] = HELD;
+        }
+    }
+
+    /// [`non_string_event_name`] of `line`, looked for once per line (see [`Self::holds`]).
+    fn non_string_name(&self, line: &[u8], memo: &mut [u8]) -> bool {
+        let slot = self.literals.len();
+        if memo[slot] == UNKNOWN {
+            memo[slot] = if non_string_event_name(line) { HELD } else { ABSENT };
+        }
+        memo[slot] == HELD
     }
 
     /// Fills `mask` with the rules that may fire on `line`; returns whether there is any.
     pub fn possible(&self, line: &[u8], mask: &mut RuleMask, scratch: &mut Vec<u8>) -> bool {
+        self.fresh_memo(scratch);
+        self.possible_with(line, mask, scratch)
+    }
+
+    /// [`PackPrefilter::possible`] with what `memo` already knows of the line (see
+    /// [`Self::holds`]); `memo` is spent.
+    fn possible_with(&self, line: &[u8], mask: &mut RuleMask, memo: &mut Vec<u8>) -> bool {
         mask.reset(self.rules);
         // An escape may spell anything; a non-string `eventName` makes wildcards on
         // `event.action` unknown: every rule is possible.
-        let escaped = self.escape.find(line).is_some()
-            || (self.rendered_wildcards() && non_string_event_name(line));
+        let escaped =
+            self.escape.find(line).is_some() || (self.rendered && self.non_string_name(line, memo));
         let long = line.len() >= LONG_LINE;
         if !escaped && !long {
-            self.possible_by_anchors(line, mask);
+            self.possible_by_anchors(line, mask, memo);
             return !mask.is_empty();
         }
+        let scratch = memo;
         // Per literal, whether the line holds it (with its quotes).
         scratch.clear();
         scratch.resize(self.literals.len(), 0);
@@ -482,13 +615,27 @@ impl PackPrefilter {
     /// literal there, which the first stage's needles find; only those rules' other clauses
     /// are then looked for. (Over a line of a few KiB this costs a few Teddy passes, where
     /// looking for every literal of the pack costs an automaton walk of every byte.)
-    fn possible_by_anchors(&self, line: &[u8], mask: &mut RuleMask) {
+    fn possible_by_anchors(&self, line: &[u8], mask: &mut RuleMask, memo: &mut [u8]) {
         for (rule, cnf) in self.clauses.iter().enumerate() {
             if cnf.is_empty() {
                 mask.set(rule);
             }
         }
         let stage1 = &self.stage1;
+        if let Some(scan) = &stage1.terms {
+            let mut from = 0;
+            while let Some((at, hit)) = scan.find(line, from) {
+                from = at + 1;
+                for a in stage1.scanned(hit) {
+                    self.found(a, memo);
+                    for &rule in &stage1.anchor_rules[a] {
+                        if !mask.contains(rule) && self.clauses_hold(rule, line, memo) {
+                            mask.set(rule);
+                        }
+                    }
+                }
+            }
+        }
         for (s, searcher) in stage1.searchers.iter().enumerate() {
             let mut from = 0;
             while let Some(m) = searcher.find(&line[from..]) {
@@ -498,8 +645,9 @@ impl PackPrefilter {
                     continue;
                 }
                 for a in stage1.confirmed(line, s, pattern, at) {
+                    self.found(a, memo);
                     for &rule in &stage1.anchor_rules[a] {
-                        if !mask.contains(rule) && self.clauses_hold(rule, line) {
+                        if !mask.contains(rule) && self.clauses_hold(rule, line, memo) {
                             mask.set(rule);
                         }
                     }
@@ -517,15 +665,18 @@ impl PackPrefilter {
             haystack,
             pos: 0,
             next_needle: Vec::new(),
+            next_term: None,
             next_long: if self.stage1.long_lines {
                 long_line_after(haystack, 0)
             } else {
                 usize::MAX
             },
             mask: RuleMask::default(),
-            scratch: Vec::new(),
+            memo: Vec::new(),
+            memo_line: usize::MAX,
         };
         lines.next_needle = (0..self.stage1.searchers.len()).map(|s| lines.search(s, 0)).collect();
+        lines.next_term = self.stage1.terms.as_ref().and_then(|t| t.find(haystack, 0));
         lines
     }
 }
@@ -539,24 +690,47 @@ pub struct PackCandidates<'p, 'h> {
     /// Per first-stage searcher, its next hit at or after the last search (offset, pattern);
     /// `None` when it has no more.
     next_needle: Vec<Option<(usize, usize)>>,
+    /// The term scan's next hit at or after the last search.
+    next_term: Option<(usize, TermHit)>,
     /// The next long line's start (`usize::MAX`: none).
     next_long: usize,
     mask: RuleMask,
-    scratch: Vec<u8>,
+    /// What is known of the line at `memo_line` (see [`PackPrefilter::holds`]).
+    memo: Vec<u8>,
+    memo_line: usize,
 }
 
 /// What the first stage found.
 enum Hit {
     /// Needle `pattern` of searcher `searcher`, at `at`.
     Needle { searcher: usize, pattern: usize, at: usize },
-    /// A long line at `at`: it goes to the second stage as it is.
+    /// The term scan's `hit` (a term or prefixes), at `at`.
+    Term { hit: TermHit, at: usize },
+    /// A long line, or an escape, at `at`: the line goes to the second stage as it is.
     Line { at: usize },
 }
 
-impl PackCandidates<'_, '_> {
+impl<'h> PackCandidates<'_, 'h> {
     /// The rules that may fire on the line last returned.
     pub fn mask(&self) -> &RuleMask {
         &self.mask
+    }
+
+    /// The line around `at`, with the memo readied for it (kept when it is the memo's line
+    /// already: what is known of its literals holds for every hit in it).
+    fn memo_for(&mut self, at: usize) -> &'h [u8] {
+        let hay = self.haystack;
+        let line = line_around(hay, self.pos, at);
+        if self.memo_line != line.start {
+            self.pre.fresh_memo(&mut self.memo);
+            self.memo_line = line.start;
+        }
+        &hay[line]
+    }
+
+    /// The term scan's next hit at or after `from`.
+    fn search_terms(&self, from: usize) -> Option<(usize, TermHit)> {
+        self.pre.stage1.terms.as_ref()?.find(self.haystack, from)
     }
 
     /// Searcher `s`'s next hit at or after `from`.
@@ -572,6 +746,9 @@ impl PackCandidates<'_, '_> {
                 self.next_needle[s] = self.search(s, pos);
             }
         }
+        if matches!(self.next_term, Some((at, _)) if at < pos) {
+            self.next_term = self.search_terms(pos);
+        }
         if self.next_long != usize::MAX && self.next_long < pos {
             self.next_long = long_line_after(hay, pos);
         }
@@ -579,8 +756,11 @@ impl PackCandidates<'_, '_> {
             .filter_map(|s| self.next_needle[s].map(|(at, pattern)| (at, s, pattern)))
             .min();
         let line = self.next_long;
-        match needle {
-            Some((at, searcher, pattern)) if at < line => {
+        let term = self.next_term.filter(|&(at, _)| at < line && needle.is_none_or(|n| at < n.0));
+        match (term, needle) {
+            (Some((at, TermHit::Escape)), _) => Some(Hit::Line { at }),
+            (Some((at, hit)), _) => Some(Hit::Term { hit, at }),
+            (None, Some((at, searcher, pattern))) if at < line => {
                 Some(Hit::Needle { searcher, pattern, at })
             }
             _ if line != usize::MAX => Some(Hit::Line { at: line }),
@@ -615,7 +795,7 @@ impl Iterator for PackCandidates<'_, '_> {
                     Hit::Line { at } => at,
                     // An escape: the line goes to the second stage as it is.
                     Hit::Needle { searcher, pattern, at }
-                        if self.pre.stage1.escape == (searcher, pattern) =>
+                        if self.pre.stage1.escape == Some((searcher, pattern)) =>
                     {
                         at
                     }
@@ -628,16 +808,34 @@ impl Iterator for PackCandidates<'_, '_> {
                         }
                         at
                     }
+                    Hit::Term { hit, at } => {
+                        // As for a needle, below, with the anchors standing there.
+                        let line = self.memo_for(at);
+                        let (pre, memo) = (self.pre, &mut self.memo);
+                        let possible = pre.stage1.scanned(hit).any(|a| {
+                            pre.found(a, memo);
+                            pre.stage1.anchor_rules[a]
+                                .iter()
+                                .any(|&r| pre.rule_possible(r, line, memo))
+                        });
+                        if !possible {
+                            self.next_term = self.search_terms(at + 1);
+                            continue;
+                        }
+                        at
+                    }
                     Hit::Needle { searcher, pattern, at } => {
                         // The rules of the anchors found whole here; the line goes on when
                         // one of them may fire, else the search goes on right after the
                         // needle (another anchor may follow in the same line).
-                        let line = &hay[line_around(hay, self.pos, at)];
-                        let stage1 = &self.pre.stage1;
-                        let possible = stage1
-                            .confirmed(hay, searcher, pattern, at)
-                            .flat_map(|a| &stage1.anchor_rules[a])
-                            .any(|&r| self.pre.rule_possible(r, line));
+                        let line = self.memo_for(at);
+                        let (pre, memo) = (self.pre, &mut self.memo);
+                        let possible = pre.stage1.confirmed(hay, searcher, pattern, at).any(|a| {
+                            pre.found(a, memo);
+                            pre.stage1.anchor_rules[a]
+                                .iter()
+                                .any(|&r| pre.rule_possible(r, line, memo))
+                        });
                         if !possible {
                             self.next_needle[searcher] = self.search(searcher, at + 1);
                             continue;
@@ -648,7 +846,11 @@ impl Iterator for PackCandidates<'_, '_> {
             };
             let line = line_around(hay, self.pos, at);
             self.pos = line.end + 1;
-            if self.pre.possible(&hay[line.clone()], &mut self.mask, &mut self.scratch) {
+            if self.memo_line != line.start {
+                self.pre.fresh_memo(&mut self.memo);
+            }
+            self.memo_line = usize::MAX;
+            if self.pre.possible_with(&hay[line.clone()], &mut self.mask, &mut self.memo) {
                 return Some(line);
             }
         }

@@ -272,6 +272,10 @@ pub fn pack_agrees(data: &[u8]) {
     let prefilter = PackPrefilter::new(&set);
     let mut mask = RuleMask::default();
     prefilter.possible(&line, &mut mask, &mut Vec::new());
+    // Whole terms found from their quotes (where the CPU allows) or by Teddy: the same rules.
+    let mut plain = RuleMask::default();
+    PackPrefilter::with_term_scan(&set, false).possible(&line, &mut plain, &mut Vec::new());
+    assert_eq!(mask, plain, "term scan against Teddy: rules {texts:?} on {shown}");
     let verdict = evaluator.evaluate_masked(&set, &line, &mask);
     let masked = outcome(verdict, &evaluator);
     assert_eq!(masked, reference, "masked: rules {texts:?}, assume {assume:?}, on {shown}");

@@ -114,12 +114,18 @@ impl Stats {
 /// `wanted`; the missed lines are recorded.
 fn candidates_cover(
     pre: &PackPrefilter,
+    plain: &PackPrefilter,
     buffer: &[u8],
     wanted: &[usize],
     texts: &[String],
     stats: &mut Stats,
 ) {
     let found: Vec<usize> = pre.candidate_lines(buffer).map(|r| r.start).collect();
+    // Whole terms found from their quotes, or by Teddy with the other needles: the same lines.
+    let searched: Vec<usize> = plain.candidate_lines(buffer).map(|r| r.start).collect();
+    if found != searched {
+        stats.unsound.push(format!("term scan found {found:?}, Teddy {searched:?}, {texts:?}"));
+    }
     for start in wanted {
         if found.binary_search(start).is_err() {
             let end = buffer[*start..]
@@ -151,7 +157,9 @@ fn run(seed: u64, sets: usize, stats: &mut Stats) {
         let set = RuleSet::new(&queries, assume.clone())
             .unwrap_or_else(|(n, e)| panic!("rule {:?} refused: {e}", texts[n]));
         let prefilter = PackPrefilter::new(&set);
-        let (mut mask, mut scratch) = (RuleMask::default(), Vec::new());
+        let plain = PackPrefilter::with_term_scan(&set, false);
+        let (mut mask, mut plain_mask, mut scratch) =
+            (RuleMask::default(), RuleMask::default(), Vec::new());
         let (mut buffer, mut wanted) = (Vec::new(), Vec::new());
         for _ in 0..DOCS_PER_SET {
             let (made, line) = line(&mut g);
@@ -160,6 +168,15 @@ fn run(seed: u64, sets: usize, stats: &mut Stats) {
             // The prefilter: a rule it rules out is false on the line (neither true nor
             // unknown), and the buffer-wide search finds every line some rule may fire on.
             prefilter.possible(&line, &mut mask, &mut scratch);
+            plain.possible(&line, &mut plain_mask, &mut scratch);
+            if mask != plain_mask {
+                stats.unsound.push(format!(
+                    "term scan's mask {:?}, Teddy's {:?}: {texts:?} on {}",
+                    mask.iter().collect::<Vec<_>>(),
+                    plain_mask.iter().collect::<Vec<_>>(),
+                    shorten(&line)
+                ));
+            }
             let verdicts = ours.as_ref().map_or(&[][..], |(_, v)| v.as_slice());
             for (r, v) in verdicts.iter().enumerate() {
                 if !mask.contains(r) {
@@ -241,7 +258,7 @@ fn run(seed: u64, sets: usize, stats: &mut Stats) {
                 stats.reports.push(report);
             }
         }
-        candidates_cover(&prefilter, &buffer, &wanted, &texts, stats);
+        candidates_cover(&prefilter, &plain, &buffer, &wanted, &texts, stats);
     }
 }
 
