@@ -76,7 +76,8 @@ impl PairScan {
     }
 }
 
-fn avx2() -> bool {
+/// Whether this CPU has AVX2, which the pair scan and the term scan (`terms.rs`) need.
+pub(crate) fn avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::is_x86_feature_detected!("avx2")

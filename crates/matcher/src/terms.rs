@@ -15,6 +15,7 @@
 //! says no and the prefilter searches the terms with Teddy, as before.
 
 use crate::packfilter::ESCAPE;
+use crate::pair::avx2;
 
 /// What [`TermScan::find`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,17 +158,6 @@ fn hash(bytes: &[u8]) -> usize {
     let tail = word(&bytes[n.saturating_sub(8)..]);
     let mixed = (head ^ tail.rotate_left(29) ^ n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     (mixed >> 32) as usize
-}
-
-fn avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
 }
 
 /// The kernel of [`TermScan::find`].
