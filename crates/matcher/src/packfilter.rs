@@ -627,12 +627,7 @@ impl PackPrefilter {
             while let Some((at, hit)) = scan.find(line, from) {
                 from = at + 1;
                 for a in stage1.scanned(hit) {
-                    self.found(a, memo);
-                    for &rule in &stage1.anchor_rules[a] {
-                        if !mask.contains(rule) && self.clauses_hold(rule, line, memo) {
-                            mask.set(rule);
-                        }
-                    }
+                    self.add_found(a, line, mask, memo);
                 }
             }
         }
@@ -645,13 +640,18 @@ impl PackPrefilter {
                     continue;
                 }
                 for a in stage1.confirmed(line, s, pattern, at) {
-                    self.found(a, memo);
-                    for &rule in &stage1.anchor_rules[a] {
-                        if !mask.contains(rule) && self.clauses_hold(rule, line, memo) {
-                            mask.set(rule);
-                        }
-                    }
+                    self.add_found(a, line, mask, memo);
                 }
+            }
+        }
+    }
+
+    /// Anchor `a` stands whole in `line`: its rules whose clauses all hold there join `mask`.
+    fn add_found(&self, a: usize, line: &[u8], mask: &mut RuleMask, memo: &mut [u8]) {
+        self.found(a, memo);
+        for &rule in &self.stage1.anchor_rules[a] {
+            if !mask.contains(rule) && self.clauses_hold(rule, line, memo) {
+                mask.set(rule);
             }
         }
     }
@@ -714,6 +714,16 @@ impl<'h> PackCandidates<'_, 'h> {
     /// The rules that may fire on the line last returned.
     pub fn mask(&self) -> &RuleMask {
         &self.mask
+    }
+
+    /// Whether some rule of `anchors`, found whole at `at`, may fire on the line around it.
+    fn possible_at(&mut self, at: usize, mut anchors: impl Iterator<Item = usize>) -> bool {
+        let line = self.memo_for(at);
+        let (pre, memo) = (self.pre, &mut self.memo);
+        anchors.any(|a| {
+            pre.found(a, memo);
+            pre.stage1.anchor_rules[a].iter().any(|&r| pre.rule_possible(r, line, memo))
+        })
     }
 
     /// The line around `at`, with the memo readied for it (kept when it is the memo's line
@@ -810,15 +820,8 @@ impl Iterator for PackCandidates<'_, '_> {
                     }
                     Hit::Term { hit, at } => {
                         // As for a needle, below, with the anchors standing there.
-                        let line = self.memo_for(at);
-                        let (pre, memo) = (self.pre, &mut self.memo);
-                        let possible = pre.stage1.scanned(hit).any(|a| {
-                            pre.found(a, memo);
-                            pre.stage1.anchor_rules[a]
-                                .iter()
-                                .any(|&r| pre.rule_possible(r, line, memo))
-                        });
-                        if !possible {
+                        let pre = self.pre;
+                        if !self.possible_at(at, pre.stage1.scanned(hit)) {
                             self.next_term = self.search_terms(at + 1);
                             continue;
                         }
@@ -828,15 +831,8 @@ impl Iterator for PackCandidates<'_, '_> {
                         // The rules of the anchors found whole here; the line goes on when
                         // one of them may fire, else the search goes on right after the
                         // needle (another anchor may follow in the same line).
-                        let line = self.memo_for(at);
-                        let (pre, memo) = (self.pre, &mut self.memo);
-                        let possible = pre.stage1.confirmed(hay, searcher, pattern, at).any(|a| {
-                            pre.found(a, memo);
-                            pre.stage1.anchor_rules[a]
-                                .iter()
-                                .any(|&r| pre.rule_possible(r, line, memo))
-                        });
-                        if !possible {
+                        let anchors = self.pre.stage1.confirmed(hay, searcher, pattern, at);
+                        if !self.possible_at(at, anchors) {
                             self.next_needle[searcher] = self.search(searcher, at + 1);
                             continue;
                         }
