@@ -34,8 +34,10 @@ pub(crate) struct TermScan {
     terms: Vec<Vec<u8>>,
     /// Prefixes that must follow a quote, with nothing said of what ends them.
     prefixes: Vec<Vec<u8>>,
-    /// Open addressing over `terms`: a term's index, or `u32::MAX` for an empty slot.
-    table: Vec<u32>,
+    /// Open addressing over `terms`: a term's index and the low half of its hash (most
+    /// strings that reach a full slot are told apart by it without a byte comparison), or
+    /// `u32::MAX` for an empty slot.
+    table: Vec<(u32, u32)>,
     /// `table.len() - 1`.
     mask: usize,
     /// The longest term's length.
@@ -76,31 +78,33 @@ impl TermScan {
         let mut scan = TermScan {
             terms: terms.iter().map(|t| t.to_vec()).collect(),
             prefixes: prefixes.iter().map(|t| t.to_vec()).collect(),
-            table: vec![u32::MAX; size],
+            table: vec![(u32::MAX, 0); size],
             mask: size - 1,
             longest: terms.iter().map(|t| t.len()).max().unwrap_or(0),
             first,
             second,
         };
         for (n, t) in terms.iter().enumerate() {
-            let mut slot = hash(t) & scan.mask;
-            while scan.table[slot] != u32::MAX {
+            let h = hash(t);
+            let mut slot = slot_of(h) & scan.mask;
+            while scan.table[slot].0 != u32::MAX {
                 slot = (slot + 1) & scan.mask;
             }
-            scan.table[slot] = u32::try_from(n).ok()?;
+            scan.table[slot] = (u32::try_from(n).ok()?, h as u32);
         }
         Some(scan)
     }
 
     /// The number of the term that is exactly `bytes`, if any.
     fn lookup(&self, bytes: &[u8]) -> Option<usize> {
-        let mut slot = hash(bytes) & self.mask;
+        let h = hash(bytes);
+        let mut slot = slot_of(h) & self.mask;
         loop {
-            let n = *self.table.get(slot)?;
+            let (n, tag) = *self.table.get(slot)?;
             if n == u32::MAX {
                 return None;
             }
-            if self.terms[n as usize] == bytes {
+            if tag == h as u32 && self.terms[n as usize] == bytes {
                 return Some(n as usize);
             }
             slot = (slot + 1) & self.mask;
@@ -126,7 +130,9 @@ impl TermScan {
             .prefixes
             .iter()
             .enumerate()
-            .filter(|(_, p)| rest.starts_with(p))
+            // The first byte first: most positions checked start no prefix, and a call to
+            // compare them whole costs more than the rest of the check.
+            .filter(|(_, p)| rest.first() == p.first() && rest.starts_with(p))
             .fold(0u64, |bits, (i, _)| bits | 1 << i);
         (prefixes != 0).then_some(TermHit::Prefixes(prefixes))
     }
@@ -146,8 +152,9 @@ impl TermScan {
     }
 }
 
-/// A hash of a term from its length and its first and last eight bytes.
-fn hash(bytes: &[u8]) -> usize {
+/// A hash of a term from its length and its first and last eight bytes: the high half picks
+/// the slot ([`slot_of`]), the low half is kept as the slot's tag.
+fn hash(bytes: &[u8]) -> u64 {
     let word = |b: &[u8]| {
         let mut w = [0u8; 8];
         w[..b.len()].copy_from_slice(b);
@@ -156,8 +163,12 @@ fn hash(bytes: &[u8]) -> usize {
     let n = bytes.len();
     let head = word(&bytes[..n.min(8)]);
     let tail = word(&bytes[n.saturating_sub(8)..]);
-    let mixed = (head ^ tail.rotate_left(29) ^ n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    (mixed >> 32) as usize
+    (head ^ tail.rotate_left(29) ^ n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+/// The slot number (before masking) of a [`hash`].
+fn slot_of(hash: u64) -> usize {
+    (hash >> 32) as usize
 }
 
 /// The kernel of [`TermScan::find`].
