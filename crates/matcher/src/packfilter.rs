@@ -855,13 +855,16 @@ impl Iterator for PackCandidates<'_, '_> {
 }
 
 /// How rare a clause's literals are in CloudTrail traffic, for picking a rule's first-stage
-/// clause: one every line must hold (not a flattened field's) first, then action names, then
-/// the shortest literal's length.
-fn rarity(literals: &[Literal], clause: &Clause) -> (bool, bool, usize) {
+/// clause: one every line must hold (not a flattened field's) first, then one with no
+/// wildcard on `event.action` (such an anchor makes the first stage look for every
+/// `eventName`, one per raw record, to find the non-string ones), then action names, then the
+/// shortest literal's length.
+fn rarity(literals: &[Literal], clause: &Clause) -> (bool, bool, bool, usize) {
     let everywhere = clause.iter().all(|&l| !literals[l].flattened);
+    let no_rendered = clause.iter().all(|&l| !literals[l].rendered_wildcard);
     let all_actions = clause.iter().all(|&l| literals[l].action);
     let shortest = clause.iter().map(|&l| literals[l].bytes.len()).min().unwrap_or(0);
-    (everywhere, all_actions, shortest)
+    (everywhere, no_rendered, all_actions, shortest)
 }
 
 /// The clauses that must hold for `expr` to be true (see the module's documentation).
@@ -1098,6 +1101,36 @@ mod tests {
                 (r#"{"eventName":"DisableKey"}"#, vec![0])
             ]
         );
+    }
+
+    /// A raw record whose `eventName` is not a string leaves a wildcard on `event.action`
+    /// unknown: the rule is possible wherever its other clauses may hold, whether the wildcard
+    /// is its first-stage clause (the first stage then looks at every `eventName`) or not
+    /// (the provider is, and the line is found through it).
+    #[test]
+    fn a_non_string_event_name_keeps_wildcard_rules_possible() {
+        let pre = prefilter(&[
+            "event.action: Invoke*",
+            "event.provider: lambda.amazonaws.com and event.action: Publish*",
+        ]);
+        let candidates = |hay: &str| -> Vec<(String, Vec<usize>)> {
+            let mut lines = pre.candidate_lines(hay.as_bytes());
+            let mut got = Vec::new();
+            while let Some(r) = lines.next() {
+                got.push((hay[r].to_string(), lines.mask().iter().collect()));
+            }
+            got
+        };
+        let odd = r#"{"eventSource":"lambda.amazonaws.com","eventName":7}"#;
+        let odd_elsewhere = r#"{"eventSource":"s3.amazonaws.com","eventName" : [1]}"#;
+        let plain = r#"{"eventSource":"lambda.amazonaws.com","eventName":"GetFunction"}"#;
+        let hay = [plain, odd, odd_elsewhere, plain].join("\n");
+        let got = candidates(&hay);
+        let lines: Vec<&str> = got.iter().map(|(l, _)| l.as_str()).collect();
+        assert_eq!(lines, [odd, odd_elsewhere]);
+        assert!(got[0].1.contains(&1), "the provider's rule on {odd}: {:?}", got[0].1);
+        assert!(rules_on(&pre, odd_elsewhere).contains(&0));
+        assert!(rules_on(&pre, plain).is_empty());
     }
 
     /// Found by the pack_differential fuzz target: a literal that must end before a quote,
