@@ -152,6 +152,9 @@ pub struct PackPrefilter {
     anchor_literals: Vec<Vec<usize>>,
     /// Some literal is a wildcard's on `event.action` (see [`non_string_event_name`]).
     rendered: bool,
+    /// Per rule, whether one of its literals is such a wildcard's: only those rules are
+    /// possible wherever `eventName` is not a string.
+    rendered_rules: Vec<bool>,
 }
 
 /// Teddy, the SIMD searcher aho-corasick uses for small sets, takes at most this many patterns.
@@ -456,6 +459,10 @@ impl PackPrefilter {
             rules: set.len(),
             anchor_literals,
             rendered: literals.iter().any(|l| l.rendered_wildcard),
+            rendered_rules: clauses
+                .iter()
+                .map(|cnf| cnf.iter().flatten().any(|&l| literals[l].rendered_wildcard))
+                .collect(),
             stage1,
             finders: literals.iter().map(|l| Finder::new(&l.bytes).into_owned()).collect(),
             literals,
@@ -504,7 +511,8 @@ impl PackPrefilter {
     /// Whether rule `rule` may fire on `line`, which holds no escape: each of its clauses has a
     /// literal in it.
     fn rule_possible(&self, rule: usize, line: &[u8], memo: &mut [u8]) -> bool {
-        (self.rendered && self.non_string_name(line, memo)) || self.clauses_hold(rule, line, memo)
+        (self.rendered_rules[rule] && self.non_string_name(line, memo))
+            || self.clauses_hold(rule, line, memo)
     }
 
     /// Whether each clause of rule `rule` has a literal in `line` (no escape, and `eventName`
