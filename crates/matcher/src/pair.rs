@@ -120,8 +120,8 @@ unsafe fn find_avx2(
             unsafe { _mm256_loadu_si256(hay.as_ptr().add(at).cast::<__m256i>()) }
         }};
     }
-    let mut i = from;
-    while i + scan.span + BLOCK <= hay.len() {
+    // Where either literal's probe bytes line up in the block at `i`.
+    let lined_up = |i: usize| {
         let first = _mm256_and_si256(
             _mm256_cmpeq_epi8(load!(i + a.first.0), a1),
             _mm256_cmpeq_epi8(load!(i + a.second.0), a2),
@@ -130,7 +130,28 @@ unsafe fn find_avx2(
             _mm256_cmpeq_epi8(load!(i + b.first.0), b1),
             _mm256_cmpeq_epi8(load!(i + b.second.0), b2),
         );
-        let mut bits = _mm256_movemask_epi8(_mm256_or_si256(first, second)) as u32;
+        _mm256_or_si256(first, second)
+    };
+    let mut i = from;
+    // Two blocks a step, one test for both: most steps line up nothing.
+    while i + scan.span + 2 * BLOCK <= hay.len() {
+        let (low, high) = (lined_up(i), lined_up(i + BLOCK));
+        if _mm256_testz_si256(_mm256_or_si256(low, high), _mm256_or_si256(low, high)) == 0 {
+            let low = _mm256_movemask_epi8(low) as u32;
+            let high = _mm256_movemask_epi8(high) as u32;
+            let mut bits = u64::from(low) | u64::from(high) << 32;
+            while bits != 0 {
+                let at = i + bits.trailing_zeros() as usize;
+                if check(at) {
+                    return Some(at);
+                }
+                bits &= bits - 1;
+            }
+        }
+        i += 2 * BLOCK;
+    }
+    while i + scan.span + BLOCK <= hay.len() {
+        let mut bits = _mm256_movemask_epi8(lined_up(i)) as u32;
         while bits != 0 {
             let at = i + bits.trailing_zeros() as usize;
             if check(at) {
