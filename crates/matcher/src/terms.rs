@@ -217,14 +217,36 @@ unsafe fn find_avx2(scan: &TermScan, hay: &[u8], from: usize) -> Option<(usize, 
             return Some((0, hit));
         }
     }
-    while i + 1 + BLOCK <= hay.len() {
+    // The positions of the block at `i` that may start a hit.
+    let candidates = |i: usize| {
         let (prev, cur, next) = (load!(i - 1), load!(i), load!(i + 1));
         let both = _mm256_and_si256(buckets(cur, lo1, hi1), buckets(next, lo2, hi2));
         let term =
             _mm256_andnot_si256(_mm256_cmpeq_epi8(both, zero), _mm256_cmpeq_epi8(prev, quote));
         let escape =
             _mm256_and_si256(_mm256_cmpeq_epi8(cur, backslash), _mm256_cmpeq_epi8(next, u));
-        let mut bits = _mm256_movemask_epi8(_mm256_or_si256(term, escape)) as u32;
+        _mm256_or_si256(term, escape)
+    };
+    // Two blocks a step, one test for both: most steps hold no candidate.
+    while i + 1 + 2 * BLOCK <= hay.len() {
+        let (low, high) = (candidates(i), candidates(i + BLOCK));
+        let any = _mm256_or_si256(low, high);
+        if _mm256_testz_si256(any, any) == 0 {
+            let low = _mm256_movemask_epi8(low) as u32;
+            let high = _mm256_movemask_epi8(high) as u32;
+            let mut bits = u64::from(low) | u64::from(high) << 32;
+            while bits != 0 {
+                let at = i + bits.trailing_zeros() as usize;
+                if let Some(hit) = scan.check(hay, at) {
+                    return Some((at, hit));
+                }
+                bits &= bits - 1;
+            }
+        }
+        i += 2 * BLOCK;
+    }
+    while i + 1 + BLOCK <= hay.len() {
+        let mut bits = _mm256_movemask_epi8(candidates(i)) as u32;
         while bits != 0 {
             let at = i + bits.trailing_zeros() as usize;
             if let Some(hit) = scan.check(hay, at) {
