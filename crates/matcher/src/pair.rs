@@ -132,32 +132,33 @@ unsafe fn find_avx2(
         );
         _mm256_or_si256(first, second)
     };
-    let mut i = from;
-    // Two blocks a step, one test for both: most steps line up nothing.
-    while i + scan.span + 2 * BLOCK <= hay.len() {
-        let (low, high) = (lined_up(i), lined_up(i + BLOCK));
-        if _mm256_testz_si256(_mm256_or_si256(low, high), _mm256_or_si256(low, high)) == 0 {
-            let low = _mm256_movemask_epi8(low) as u32;
-            let high = _mm256_movemask_epi8(high) as u32;
-            let mut bits = u64::from(low) | u64::from(high) << 32;
-            while bits != 0 {
-                let at = i + bits.trailing_zeros() as usize;
-                if check(at) {
-                    return Some(at);
-                }
-                bits &= bits - 1;
-            }
-        }
-        i += 2 * BLOCK;
-    }
-    while i + scan.span + BLOCK <= hay.len() {
-        let mut bits = _mm256_movemask_epi8(lined_up(i)) as u32;
+    let mask = |v: __m256i| u64::from(_mm256_movemask_epi8(v) as u32);
+    // The first position `check` takes among `bits` (bit `k`: position `i + k`).
+    let mut first = |i: usize, mut bits: u64| {
         while bits != 0 {
             let at = i + bits.trailing_zeros() as usize;
             if check(at) {
                 return Some(at);
             }
             bits &= bits - 1;
+        }
+        None
+    };
+    let mut i = from;
+    // Two blocks a step, one test for both: most steps line up nothing.
+    while i + scan.span + 2 * BLOCK <= hay.len() {
+        let (low, high) = (lined_up(i), lined_up(i + BLOCK));
+        let any = _mm256_or_si256(low, high);
+        if _mm256_testz_si256(any, any) == 0 {
+            if let Some(at) = first(i, mask(low) | mask(high) << 32) {
+                return Some(at);
+            }
+        }
+        i += 2 * BLOCK;
+    }
+    if i + scan.span + BLOCK <= hay.len() {
+        if let Some(at) = first(i, mask(lined_up(i))) {
+            return Some(at);
         }
         i += BLOCK;
     }

@@ -227,32 +227,32 @@ unsafe fn find_avx2(scan: &TermScan, hay: &[u8], from: usize) -> Option<(usize, 
             _mm256_and_si256(_mm256_cmpeq_epi8(cur, backslash), _mm256_cmpeq_epi8(next, u));
         _mm256_or_si256(term, escape)
     };
-    // Two blocks a step, one test for both: most steps hold no candidate.
-    while i + 1 + 2 * BLOCK <= hay.len() {
-        let (low, high) = (candidates(i), candidates(i + BLOCK));
-        let any = _mm256_or_si256(low, high);
-        if _mm256_testz_si256(any, any) == 0 {
-            let low = _mm256_movemask_epi8(low) as u32;
-            let high = _mm256_movemask_epi8(high) as u32;
-            let mut bits = u64::from(low) | u64::from(high) << 32;
-            while bits != 0 {
-                let at = i + bits.trailing_zeros() as usize;
-                if let Some(hit) = scan.check(hay, at) {
-                    return Some((at, hit));
-                }
-                bits &= bits - 1;
-            }
-        }
-        i += 2 * BLOCK;
-    }
-    while i + 1 + BLOCK <= hay.len() {
-        let mut bits = _mm256_movemask_epi8(candidates(i)) as u32;
+    let mask = |v: __m256i| u64::from(_mm256_movemask_epi8(v) as u32);
+    // The first hit among `bits` (bit `k`: position `i + k`).
+    let first = |i: usize, mut bits: u64| {
         while bits != 0 {
             let at = i + bits.trailing_zeros() as usize;
             if let Some(hit) = scan.check(hay, at) {
                 return Some((at, hit));
             }
             bits &= bits - 1;
+        }
+        None
+    };
+    // Two blocks a step, one test for both: most steps hold no candidate.
+    while i + 1 + 2 * BLOCK <= hay.len() {
+        let (low, high) = (candidates(i), candidates(i + BLOCK));
+        let any = _mm256_or_si256(low, high);
+        if _mm256_testz_si256(any, any) == 0 {
+            if let Some(hit) = first(i, mask(low) | mask(high) << 32) {
+                return Some(hit);
+            }
+        }
+        i += 2 * BLOCK;
+    }
+    if i + 1 + BLOCK <= hay.len() {
+        if let Some(hit) = first(i, mask(candidates(i))) {
+            return Some(hit);
         }
         i += BLOCK;
     }
