@@ -681,7 +681,7 @@ impl PackPrefilter {
             },
             mask: RuleMask::default(),
             memo: Vec::new(),
-            memo_line: usize::MAX,
+            memo_line: 0..0,
         };
         lines.next_needle = (0..self.stage1.searchers.len()).map(|s| lines.search(s, 0)).collect();
         lines.next_term = self.stage1.terms.as_ref().and_then(|t| t.find(haystack, 0));
@@ -703,9 +703,10 @@ pub struct PackCandidates<'p, 'h> {
     /// The next long line's start (`usize::MAX`: none).
     next_long: usize,
     mask: RuleMask,
-    /// What is known of the line at `memo_line` (see [`PackPrefilter::holds`]).
+    /// What is known of the line `memo_line` (see [`PackPrefilter::holds`]).
     memo: Vec<u8>,
-    memo_line: usize,
+    /// The memo's line, without its `\n` (empty: none; the memo is then spent).
+    memo_line: std::ops::Range<usize>,
 }
 
 /// What the first stage found.
@@ -738,12 +739,11 @@ impl<'h> PackCandidates<'_, 'h> {
     /// already: what is known of its literals holds for every hit in it).
     fn memo_for(&mut self, at: usize) -> &'h [u8] {
         let hay = self.haystack;
-        let line = line_around(hay, self.pos, at);
-        if self.memo_line != line.start {
+        if !self.memo_line.contains(&at) {
             self.pre.fresh_memo(&mut self.memo);
-            self.memo_line = line.start;
+            self.memo_line = line_around(hay, self.pos, at);
         }
-        &hay[line]
+        &hay[self.memo_line.clone()]
     }
 
     /// The term scan's next hit at or after `from`.
@@ -848,12 +848,15 @@ impl Iterator for PackCandidates<'_, '_> {
                     }
                 }
             };
-            let line = line_around(hay, self.pos, at);
-            self.pos = line.end + 1;
-            if self.memo_line != line.start {
+            // The memo's line when the hit is in it (its bounds are known, and so is what it
+            // holds), else a line found afresh.
+            let line = if self.memo_line.contains(&at) {
+                std::mem::take(&mut self.memo_line)
+            } else {
                 self.pre.fresh_memo(&mut self.memo);
-            }
-            self.memo_line = usize::MAX;
+                line_around(hay, self.pos, at)
+            };
+            self.pos = line.end + 1;
             if self.pre.possible_with(&hay[line.clone()], &mut self.mask, &mut self.memo) {
                 return Some(line);
             }
