@@ -401,7 +401,11 @@ async fn an_output_the_server_cannot_take_is_terminated_not_retried_async() {
     let Some(binary) = nats_server("terminated") else { return };
     let server = Server::start(binary, "term");
     let (_client, js) = connect(&server).await;
-    create_streams(&js, Duration::from_secs(2), 5).await;
+    // AckWait long enough for a debug build to decide a 16 MB message on a slow, shared machine
+    // (2 s was not: its batch came back, 154 redeliveries, deduplicated). A message left
+    // unsettled still shows: `settled_output` waits for nothing unacknowledged, which takes a
+    // redelivery, and redeliveries must be 0.
+    create_streams(&js, Duration::from_secs(10), 5).await;
     let log = server.dir().join("worker.log");
     let w = worker(&server, &["--mode", "tag"], &log);
     // A match just under the server's 16 MB limit: tagged, it no longer fits.
@@ -424,7 +428,11 @@ async fn an_output_the_server_cannot_take_is_terminated_not_retried_async() {
         .collect();
     assert_eq!(tagged, expected);
     let stats = stop_worker(w, &log);
-    assert_eq!((stats["poison"].as_u64(), stats["redeliveries"].as_u64()), (Some(1), Some(0)));
     let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        (stats["poison"].as_u64(), stats["redeliveries"].as_u64()),
+        (Some(1), Some(0)),
+        "{text}"
+    );
     assert!(text.contains("terminated"), "{text}");
 }
