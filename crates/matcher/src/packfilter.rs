@@ -155,6 +155,41 @@ pub struct PackPrefilter {
     /// Per rule, whether one of its literals is such a wildcard's: only those rules are
     /// possible wherever `eventName` is not a string.
     rendered_rules: Vec<bool>,
+    /// Per first-stage anchor, the other literals its rules need, when there are several: one
+    /// search of the line answers them all (see [`Companions`]).
+    companions: Vec<Option<Companions>>,
+}
+
+/// The literals an anchor's rules need besides their first-stage clause, looked for together:
+/// where each would take a pass of its own over the line (the six action names of Elastic's
+/// Lambda rules, on every Lambda line), one Teddy search finds every place one of them starts.
+/// They must all start terms: each is searched for with the quote before it, which keeps
+/// Teddy's fingerprints off the middle of words and numbers.
+#[derive(Clone, Debug)]
+struct Companions {
+    searcher: aho_corasick::packed::Searcher,
+    /// The literals (indices into `PackPrefilter::literals`).
+    literals: Vec<usize>,
+}
+
+impl Companions {
+    /// The search for `needed`, when there are several and they all start terms (else each is
+    /// looked for by itself) and this CPU runs Teddy.
+    fn new(literals: &[Literal], needed: Vec<usize>) -> Option<Companions> {
+        if needed.len() < 2 || needed.iter().any(|&l| !literals[l].quote_before) {
+            return None;
+        }
+        let mut quoted: Vec<Vec<u8>> =
+            needed.iter().map(|&l| [b"\"", literals[l].bytes.as_slice()].concat()).collect();
+        quoted.sort_unstable();
+        quoted.dedup();
+        let searcher = aho_corasick::packed::Config::new()
+            .match_kind(aho_corasick::packed::MatchKind::LeftmostFirst)
+            .builder()
+            .extend(&quoted)
+            .build()?;
+        Some(Companions { searcher, literals: needed })
+    }
 }
 
 /// Teddy, the SIMD searcher aho-corasick uses for small sets, takes at most this many patterns.
@@ -450,10 +485,22 @@ impl PackPrefilter {
                 stage1.anchor_rules[a].push(rule);
             }
         }
-        let anchor_literals = stage1
+        let anchor_literals: Vec<Vec<usize>> = stage1
             .anchors
             .iter()
             .map(|a| (0..literals.len()).filter(|&l| literals[l] == *a).collect())
+            .collect();
+        let companions = (0..stage1.anchors.len())
+            .map(|a| {
+                let mut needed: Vec<usize> = stage1.anchor_rules[a]
+                    .iter()
+                    .flat_map(|&r| clauses[r].iter().flatten().copied())
+                    .filter(|l| !anchor_literals[a].contains(l))
+                    .collect();
+                needed.sort_unstable();
+                needed.dedup();
+                Companions::new(&literals, needed)
+            })
             .collect();
         PackPrefilter {
             rules: set.len(),
@@ -464,6 +511,7 @@ impl PackPrefilter {
                 .map(|cnf| cnf.iter().flatten().any(|&l| literals[l].rendered_wildcard))
                 .collect(),
             stage1,
+            companions,
             finders: literals.iter().map(|l| Finder::new(&l.bytes).into_owned()).collect(),
             literals,
             clauses,
@@ -542,10 +590,32 @@ impl PackPrefilter {
         memo[l] == HELD
     }
 
-    /// Records in `memo` that anchor `a` was found whole in the line.
-    fn found(&self, a: usize, memo: &mut [u8]) {
+    /// Records in `memo` that anchor `a` was found whole in the line, and, when its rules need
+    /// several other literals, whether `line` holds each of them (one search for all).
+    fn found(&self, a: usize, line: &[u8], memo: &mut [u8]) {
         for &l in &self.anchor_literals[a] {
             memo[l] = HELD;
+        }
+        let Some(c) = &self.companions[a] else { return };
+        if c.literals.iter().all(|&l| memo[l] != UNKNOWN) {
+            return;
+        }
+        for &l in &c.literals {
+            if memo[l] == UNKNOWN {
+                memo[l] = ABSENT;
+            }
+        }
+        // Every place one of them starts is visited: the search reports the leftmost start
+        // (of the quote before the literal), and goes on from the byte after it.
+        let mut from = 0;
+        while let Some(m) = c.searcher.find(&line[from..]) {
+            let at = from + m.start() + 1;
+            for &l in &c.literals {
+                if memo[l] != HELD && self.literals[l].holds_at(line, at) {
+                    memo[l] = HELD;
+                }
+            }
+            from = at;
         }
     }
 
@@ -656,7 +726,7 @@ impl PackPrefilter {
 
     /// Anchor `a` stands whole in `line`: its rules whose clauses all hold there join `mask`.
     fn add_found(&self, a: usize, line: &[u8], mask: &mut RuleMask, memo: &mut [u8]) {
-        self.found(a, memo);
+        self.found(a, line, memo);
         for &rule in &self.stage1.anchor_rules[a] {
             if !mask.contains(rule) && self.clauses_hold(rule, line, memo) {
                 mask.set(rule);
@@ -730,7 +800,7 @@ impl<'h> PackCandidates<'_, 'h> {
         let line = self.memo_for(at);
         let (pre, memo) = (self.pre, &mut self.memo);
         anchors.any(|a| {
-            pre.found(a, memo);
+            pre.found(a, line, memo);
             pre.stage1.anchor_rules[a].iter().any(|&r| pre.rule_possible(r, line, memo))
         })
     }
@@ -1112,6 +1182,36 @@ mod tests {
                 (r#"{"eventName":"DisableKey"}"#, vec![0])
             ]
         );
+    }
+
+    /// An anchor's rules that need several other terms look for them in one search: each must
+    /// still stand whole where it is found, and one that starts another (`DeleteFunction`,
+    /// `DeleteFunction20`) or starts where another is found is not missed.
+    #[test]
+    fn other_terms_of_an_anchor_are_found_together() {
+        // The wildcards keep the actions out of the first stage (see `rarity`).
+        let pre = prefilter(&[
+            "event.provider: lambda.amazonaws.com and event.action: (Delete* or Invoke)",
+            "event.provider: lambda.amazonaws.com and event.action: (DeleteFunction20 or Publish*)",
+        ]);
+        assert!(pre.companions.iter().flatten().any(|c| c.literals.len() == 4));
+        let on = |action: &str| {
+            let line = format!(
+                r#"{{"eventSource":"lambda.amazonaws.com","x":"xDeleteFunction20","eventName":"{action}"}}"#
+            );
+            let rules = rules_on(&pre, &line);
+            assert_eq!(
+                pre.candidate_lines(line.as_bytes()).count(),
+                usize::from(!rules.is_empty())
+            );
+            rules
+        };
+        assert_eq!(on("DeleteFunction20"), [0, 1]);
+        assert_eq!(on("DeleteFunction2"), [0]);
+        assert_eq!(on("Publisher"), [1]);
+        assert_eq!(on("Invoke"), [0]);
+        assert!(on("Invoker").is_empty());
+        assert!(on("xPublish").is_empty());
     }
 
     /// A raw record whose `eventName` is not a string leaves a wildcard on `event.action`
