@@ -163,8 +163,8 @@ pub struct PackPrefilter {
 /// The literals an anchor's rules need besides their first-stage clause, looked for together:
 /// where each would take a pass of its own over the line (the six action names of Elastic's
 /// Lambda rules, on every Lambda line), one Teddy search finds every place one of them starts.
-/// They must all start terms: each is searched for with the quote before it, which keeps
-/// Teddy's fingerprints off the middle of words and numbers.
+/// A literal that starts a term is searched for with the quote before it, which keeps Teddy's
+/// fingerprints off the middle of words.
 #[derive(Clone, Debug)]
 struct Companions {
     searcher: aho_corasick::packed::Searcher,
@@ -173,14 +173,15 @@ struct Companions {
 }
 
 impl Companions {
-    /// The search for `needed`, when there are several and they all start terms (else each is
-    /// looked for by itself) and this CPU runs Teddy.
+    /// The search for `needed`, when there are several (else it is looked for by itself) and
+    /// this CPU runs Teddy.
     fn new(literals: &[Literal], needed: Vec<usize>) -> Option<Companions> {
-        if needed.len() < 2 || needed.iter().any(|&l| !literals[l].quote_before) {
+        if needed.len() < 2 {
             return None;
         }
+        let quote = |l: &Literal| if l.quote_before { &b"\""[..] } else { &[] };
         let mut quoted: Vec<Vec<u8>> =
-            needed.iter().map(|&l| [b"\"", literals[l].bytes.as_slice()].concat()).collect();
+            needed.iter().map(|&l| [quote(&literals[l]), &literals[l].bytes].concat()).collect();
         quoted.sort_unstable();
         quoted.dedup();
         let searcher = aho_corasick::packed::Config::new()
@@ -605,17 +606,18 @@ impl PackPrefilter {
                 memo[l] = ABSENT;
             }
         }
-        // Every place one of them starts is visited: the search reports the leftmost start
-        // (of the quote before the literal), and goes on from the byte after it.
+        // Every place one of them starts is visited: the search reports the leftmost start (of
+        // the literal, or of the quote it needs before it), and goes on from the byte after it.
         let mut from = 0;
         while let Some(m) = c.searcher.find(&line[from..]) {
-            let at = from + m.start() + 1;
+            let at = from + m.start();
             for &l in &c.literals {
-                if memo[l] != HELD && self.literals[l].holds_at(line, at) {
+                let lit = &self.literals[l];
+                if memo[l] != HELD && lit.holds_at(line, at + usize::from(lit.quote_before)) {
                     memo[l] = HELD;
                 }
             }
-            from = at;
+            from = at + 1;
         }
     }
 
@@ -1184,17 +1186,18 @@ mod tests {
         );
     }
 
-    /// An anchor's rules that need several other terms look for them in one search: each must
-    /// still stand whole where it is found, and one that starts another (`DeleteFunction`,
-    /// `DeleteFunction20`) or starts where another is found is not missed.
+    /// An anchor's rules that need several other literals look for them in one search: each
+    /// must still stand whole where it is found, and one that starts another (`Delete`,
+    /// `DeleteFunction20`), starts where another is found, or inside it, is not missed.
     #[test]
-    fn other_terms_of_an_anchor_are_found_together() {
+    fn other_literals_of_an_anchor_are_found_together() {
         // The wildcards keep the actions out of the first stage (see `rarity`).
         let pre = prefilter(&[
             "event.provider: lambda.amazonaws.com and event.action: (Delete* or Invoke)",
             "event.provider: lambda.amazonaws.com and event.action: (DeleteFunction20 or Publish*)",
+            "event.provider: lambda.amazonaws.com and event.action: Get* and user.name: *shell*",
         ]);
-        assert!(pre.companions.iter().flatten().any(|c| c.literals.len() == 4));
+        assert!(pre.companions.iter().flatten().any(|c| c.literals.len() == 6));
         let on = |action: &str| {
             let line = format!(
                 r#"{{"eventSource":"lambda.amazonaws.com","x":"xDeleteFunction20","eventName":"{action}"}}"#
@@ -1210,6 +1213,8 @@ mod tests {
         assert_eq!(on("DeleteFunction2"), [0]);
         assert_eq!(on("Publisher"), [1]);
         assert_eq!(on("Invoke"), [0]);
+        assert_eq!(on("Getshell"), [2]);
+        assert!(on("Getsh").is_empty());
         assert!(on("Invoker").is_empty());
         assert!(on("xPublish").is_empty());
     }
