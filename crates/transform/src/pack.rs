@@ -15,7 +15,7 @@
 //! (`kmsguard.rule`, `kmsguard.threat`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use kmsguard_matcher::packfilter::PackPrefilter;
 use kmsguard_matcher::ruleset::RuleSet;
@@ -35,9 +35,25 @@ pub struct PackEntry {
     pub name: String,
     /// `max_signals`: the rule's alert budget per window when budgets are on.
     pub max_signals: u64,
+    /// The rule as loaded, for its alert.
+    rule: PackRule,
+    /// The rule's alert, built when it first fires: most rules of a pack never do on a
+    /// given input, and building all of them was a fifth of the time a pack took to load.
+    alert: OnceLock<Alert>,
+}
+
+/// What a rule's alert adds to an event.
+#[derive(Clone, Debug)]
+struct Alert {
     rule_json: Value,
     threat: Vec<Value>,
     enricher: Enricher,
+}
+
+impl PackEntry {
+    fn alert(&self) -> &Alert {
+        self.alert.get_or_init(|| alert(&self.rule))
+    }
 }
 
 /// A compiled rule pack. Immutable and `Sync`: transforms share one through an [`Arc`].
@@ -71,12 +87,13 @@ impl Pack {
     /// The enrichment of an event that matched `rules` (pack indices, in order, at least one).
     pub(crate) fn enricher(&self, rules: &[usize]) -> Enricher {
         if let [one] = rules {
-            return self.entries[*one].enricher.clone();
+            return self.entries[*one].alert().enricher.clone();
         }
         let tags: Vec<&str> = rules.iter().map(|&r| self.entries[r].tag.as_str()).collect();
-        let objects: Vec<&Value> = rules.iter().map(|&r| &self.entries[r].rule_json).collect();
+        let alerts: Vec<&Alert> = rules.iter().map(|&r| self.entries[r].alert()).collect();
+        let objects: Vec<&Value> = alerts.iter().map(|a| &a.rule_json).collect();
         let mut threat: Vec<&Value> = Vec::new();
-        for t in rules.iter().flat_map(|&r| &self.entries[r].threat) {
+        for t in alerts.iter().flat_map(|a| &a.threat) {
             if !threat.contains(&t) {
                 threat.push(t);
             }
@@ -86,11 +103,22 @@ impl Pack {
 
     /// The enrichment of one rule's alert.
     pub(crate) fn enricher_of(&self, rule: usize) -> &Enricher {
-        &self.entries[rule].enricher
+        &self.entries[rule].alert().enricher
     }
 }
 
 fn entry(rule: &PackRule) -> PackEntry {
+    PackEntry {
+        tag: rule.tag.clone(),
+        id: rule.id.clone(),
+        name: rule.name.clone(),
+        max_signals: rule.max_signals,
+        rule: rule.clone(),
+        alert: OnceLock::new(),
+    }
+}
+
+fn alert(rule: &PackRule) -> Alert {
     let rule_json = json!({
         "id": rule.id,
         "name": rule.name,
@@ -106,15 +134,7 @@ fn entry(rule: &PackRule) -> PackEntry {
         rule.threat.iter().map(|t| serde_json::to_value(t).expect("plain data")).collect();
     let enricher =
         Enricher::from_json(&[&rule.tag], rule_json.to_string(), json!(threat).to_string());
-    PackEntry {
-        tag: rule.tag.clone(),
-        id: rule.id.clone(),
-        name: rule.name.clone(),
-        max_signals: rule.max_signals,
-        rule_json,
-        threat,
-        enricher,
-    }
+    Alert { rule_json, threat, enricher }
 }
 
 /// The pack a run uses, replaceable while it runs (`SIGHUP` reloads the rule files): each
