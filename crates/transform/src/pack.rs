@@ -38,7 +38,8 @@ pub struct PackEntry {
     /// The rule as loaded, for its alert.
     rule: PackRule,
     /// The rule's alert, built when it first fires: most rules of a pack never do on a
-    /// given input, and building all of them was a fifth of the time a pack took to load.
+    /// given input, and building all 85 of Elastic's at load was a quarter of the work done
+    /// after the rule files are parsed.
     alert: OnceLock<Alert>,
 }
 
@@ -51,6 +52,7 @@ struct Alert {
 }
 
 impl PackEntry {
+    /// The rule's alert, built on first use.
     fn alert(&self) -> &Alert {
         self.alert.get_or_init(|| alert(&self.rule))
     }
