@@ -117,14 +117,14 @@ impl PackState {
         }
         self.generation = generation;
         self.pack = self.handle.current();
-        self.slots = self.pack.rules().iter().map(|r| stats.rule_slot(&r.tag)).collect();
+        self.slots = self.pack.rules().iter().map(|r| stats.rule_slot(&r.rule.tag)).collect();
         self.budgets = match options.alert_budget {
             Some(b) => self
                 .pack
                 .rules()
                 .iter()
                 .map(|r| {
-                    let max = if options.max_signals { r.max_signals } else { b.max };
+                    let max = if options.max_signals { r.rule.max_signals } else { b.max };
                     Spender::new(AlertBudget { max, ..b })
                 })
                 .collect(),
@@ -148,7 +148,7 @@ impl PackState {
             .iter()
             .zip(self.pack.rules())
             .filter(|(v, _)| **v == Tri::Unknown)
-            .map(|(_, r)| r.tag.as_str())
+            .map(|(_, r)| r.rule.tag.as_str())
             .collect();
         if unknown.is_empty() {
             "no rule matched".to_string()
@@ -308,7 +308,7 @@ impl Decider {
                             stats.over_budget += 1;
                             stats.rules[p.slots[r]].over_budget += 1;
                             if warn {
-                                let rule = &p.pack.rules()[r];
+                                let rule = &p.pack.rules()[r].rule;
                                 let max =
                                     if options.max_signals { Some(rule.max_signals) } else { None };
                                 announce_budget(options, Some((&rule.tag, max)));

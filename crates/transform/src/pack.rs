@@ -27,16 +27,9 @@ use crate::enrich::Enricher;
 /// One rule of a pack, as the transform needs it.
 #[derive(Clone, Debug)]
 pub struct PackEntry {
-    /// The tag appended to `tags`.
-    pub tag: String,
-    /// `rule_id`.
-    pub id: String,
-    /// `name`.
-    pub name: String,
-    /// `max_signals`: the rule's alert budget per window when budgets are on.
-    pub max_signals: u64,
-    /// The rule as loaded, for its alert.
-    rule: PackRule,
+    /// The rule as loaded: its tag (appended to `tags`), `rule_id`, `name`, `max_signals` (its
+    /// alert budget per window when budgets are on), and what its alert says.
+    pub rule: PackRule,
     /// The rule's alert, built when it first fires: most rules of a pack never do on a
     /// given input, and building all 85 of Elastic's at load was a quarter of the work done
     /// after the rule files are parsed.
@@ -72,7 +65,10 @@ impl Pack {
     pub fn new(rules: &[PackRule], assume_dataset: Option<String>) -> Arc<Pack> {
         let set = kmsguard_rules::compile(rules, assume_dataset);
         let prefilter = PackPrefilter::new(&set);
-        let entries = rules.iter().map(entry).collect();
+        let entries = rules
+            .iter()
+            .map(|rule| PackEntry { rule: rule.clone(), alert: OnceLock::new() })
+            .collect();
         Arc::new(Pack { set, prefilter, entries })
     }
 
@@ -91,7 +87,7 @@ impl Pack {
         if let [one] = rules {
             return self.entries[*one].alert().enricher.clone();
         }
-        let tags: Vec<&str> = rules.iter().map(|&r| self.entries[r].tag.as_str()).collect();
+        let tags: Vec<&str> = rules.iter().map(|&r| self.entries[r].rule.tag.as_str()).collect();
         let alerts: Vec<&Alert> = rules.iter().map(|&r| self.entries[r].alert()).collect();
         let objects: Vec<&Value> = alerts.iter().map(|a| &a.rule_json).collect();
         let mut threat: Vec<&Value> = Vec::new();
@@ -106,17 +102,6 @@ impl Pack {
     /// The enrichment of one rule's alert.
     pub(crate) fn enricher_of(&self, rule: usize) -> &Enricher {
         &self.entries[rule].alert().enricher
-    }
-}
-
-fn entry(rule: &PackRule) -> PackEntry {
-    PackEntry {
-        tag: rule.tag.clone(),
-        id: rule.id.clone(),
-        name: rule.name.clone(),
-        max_signals: rule.max_signals,
-        rule: rule.clone(),
-        alert: OnceLock::new(),
     }
 }
 
