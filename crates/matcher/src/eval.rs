@@ -515,10 +515,16 @@ fn walk(
             for _ in 0..len {
                 let Node::String(key) = tape[j] else { return Err(j) };
                 let mut next = [DEAD; MAX_PROBES];
+                let mut reached = false;
                 for (p, probe) in probes.iter().enumerate() {
                     next[p] = extend(probe.field, state[p], at_root, key);
+                    reached |= next[p] != DEAD;
                 }
-                j = walk(tape, j + 1, &next, false, probes, hits, keys)?;
+                j = if reached {
+                    walk(tape, j + 1, &next, false, probes, hits, keys)?
+                } else {
+                    check_keys_below(tape, j + 1, keys)?
+                };
             }
             debug_assert_eq!(j, i + 1 + count);
             Ok(j)
@@ -611,6 +617,23 @@ pub(crate) fn check_unique_keys(
         Some(w) => Err(w[1] as usize),
         None => Ok(()),
     }
+}
+
+/// Checks every object in the value at `i` for a repeated key, as [`walk`] would, and returns
+/// the index just past the value (or the index of a repeated key). A subtree no field reaches
+/// needs only this: one pass over its nodes, with no field's path extended at each key.
+pub(crate) fn check_keys_below(
+    tape: &[Node],
+    i: usize,
+    keys: &mut Vec<u32>,
+) -> Result<usize, usize> {
+    let end = i + size(tape, i);
+    for j in i..end {
+        if let Node::Object { len, .. } = tape[j] {
+            check_unique_keys(tape, j, len, keys)?;
+        }
+    }
+    Ok(end)
 }
 
 /// The number of tape nodes the value at `i` occupies.
@@ -762,6 +785,8 @@ mod tests {
         raw_lone_surrogate_and_private_use_keys_differ: r#"{"eventSource":"kms.amazonaws.com","eventName":"DisableKey","\udc00":1,"\ue400":2}"#.into() => Match(Shape::Raw);
         marker_and_stand_in_keys_differ_from_a_lone_surrogate: format!("{{{M},\"event.action\":\"DisableKey\",\"\\ud800\":1,\"\u{f8ff}\u{e000}\":2}}") => ECS;
         hash_collision_does_not_hide_a_repeat: format!(r#"{{{M},"event.action":"DisableKey","a":0,"b":0,"2893ea9411391b85":0,"017bf672ad970641":0,"2893ea9411391b85":0}}"#) => Invalid;
+        repeat_below_a_key_no_field_reads: format!(r#"{{{M},"event.action":"DisableKey","userIdentity":{{"a":[{{"b":1,"b":2}}]}}}}"#) => Invalid;
+        no_repeat_below_a_key_no_field_reads: format!(r#"{{{M},"event.action":"DisableKey","userIdentity":{{"a":[{{"b":1,"c":2}}]}}}}"#) => ECS;
         bom_starts_any_line: format!("\u{feff}{{{M},\"event.action\":\"DisableKey\"}}") => ECS;
         bom_after_whitespace_is_invalid: format!(" \u{feff}{{{M},\"event.action\":\"DisableKey\"}}") => Invalid;
     }
@@ -803,6 +828,7 @@ mod tests {
         );
         assert_eq!(explain(&format!(r#"{{{raw}:"DisableKey"}}"#)), "matches as raw");
         assert_eq!(explain(r#"{"a":1,"b":2,"a":3}"#), r#"invalid: repeated key "a""#);
+        assert_eq!(explain(r#"{"a":{"b":[{"c":1,"c":3}]}}"#), r#"invalid: repeated key "c""#);
         assert_eq!(explain("[1]"), "invalid: not an object but an array");
         assert!(
             explain(r#"{"a":}"#).starts_with("invalid: not valid JSON"),

@@ -12,8 +12,8 @@
 use simd_json::{tape::Node, StaticNode};
 
 use crate::eval::{
-    check_unique_keys, children, extend, is_raw_record, is_removed, member, member_keys, Parser,
-    BOM, DEAD, EVENTBRIDGE_DETAIL_TYPE,
+    check_keys_below, check_unique_keys, children, extend, is_raw_record, is_removed, member,
+    member_keys, Parser, BOM, DEAD, EVENTBRIDGE_DETAIL_TYPE,
 };
 use crate::kql::{Pattern, Query, Value};
 use crate::shape::Shape;
@@ -578,7 +578,12 @@ impl Walk<'_, '_, '_> {
                             Some(Flat { depth: 1, key_len: tail.len(), root })
                         }),
                     };
-                    j = self.value(j + 1, level + 1, false, inner_flat)?;
+                    j = if inner_flat.is_none() && self.active.iter().all(|&f| next[f] == DEAD) {
+                        // No field reaches below this key: only its objects' keys need checking.
+                        check_keys_below(tape, j + 1, self.keys).map_err(|_| ())?
+                    } else {
+                        self.value(j + 1, level + 1, false, inner_flat)?
+                    };
                 }
                 Ok(j)
             }
@@ -795,11 +800,7 @@ impl Inner<'_> {
 
 /// Whether a document inside a string is an object with no repeated key.
 fn valid(tape: &[Node], keys: &mut Vec<u32>) -> bool {
-    matches!(tape.first(), Some(Node::Object { .. }))
-        && (0..tape.len()).all(|i| match tape[i] {
-            Node::Object { len, .. } => check_unique_keys(tape, i, len, keys).is_ok(),
-            _ => true,
-        })
+    matches!(tape.first(), Some(Node::Object { .. })) && check_keys_below(tape, 0, keys).is_ok()
 }
 
 /// Every field's values for the raw record at `record` of `tape` (parsed from `src`), as the
@@ -1376,6 +1377,15 @@ mod tests {
         assert_eq!(judge("x: 1", &long).1, PackVerdict::Invalid);
         let root = r#"{"aws.cloudtrail.flattened.request_parameters":{"a":{"b":"needle"}}}"#;
         assert_eq!(t("aws.cloudtrail.flattened.request_parameters: needle", root), Tri::True);
+    }
+
+    #[test]
+    fn keys_repeat_below_keys_no_field_reads() {
+        let doc = r#"{"x":1,"a":{"b":[{"c":1,"c":2}]},"a.b":{"d":{"e":1,"e":2}}}"#;
+        assert_eq!(judge("x: 1", doc).1, PackVerdict::Invalid);
+        let once = doc.replace(r#""c":2"#, r#""f":2"#);
+        assert_eq!(judge("x: 1", &once).1, PackVerdict::Invalid, "the dotted key's object");
+        assert_eq!(judge("x: 1", &once.replace(r#""e":2"#, r#""f":2"#)).0, Tri::True);
     }
 
     #[test]
