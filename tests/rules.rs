@@ -217,9 +217,12 @@ fn listing_and_strictness() {
     assert_eq!(kinds, ["refused", "loaded", "refused", "loaded"], "path order: {text}");
     assert!(text.contains("eql rules are not supported"));
     assert!(
-        text.contains("fields=event.provider,event.action,event.outcome\traw=decided"),
+        text.contains("fields=event.provider,event.action,event.outcome\traw=decided\t"),
         "{text}"
     );
+    // What the prefilter needs in a line, the literal searched first leading.
+    assert!(text.contains("\tliterals=DeleteTrail|StopLogging\n"), "{text}");
+    assert!(text.contains("\tliterals=DeleteTrail & cloudtrail.amazonaws.com\n"), "{text}");
     let stderr = String::from_utf8(listed.stderr).unwrap();
     assert!(stderr.contains("2 rules loaded, 2 refused"), "{stderr}");
     // --strict: a refusal is an error, at listing and at run time.

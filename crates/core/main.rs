@@ -634,6 +634,7 @@ fn accept(args: &Args, loaded: &kmsguard_rules::Loaded) -> Result<(), String> {
 /// `--list-rules`: one line per rule file on stdout, a summary on stderr.
 fn list_rules(args: &Args, loaded: &kmsguard_rules::Loaded) -> anyhow::Result<ExitCode> {
     let set = kmsguard_rules::compile(&loaded.rules, None);
+    let prefilter = kmsguard_matcher::packfilter::PackPrefilter::new(&set);
     let mut out = io::stdout().lock();
     let mut lines: Vec<(&std::path::Path, String)> = Vec::new();
     for (n, rule) in loaded.rules.iter().enumerate() {
@@ -644,9 +645,22 @@ fn list_rules(args: &Args, loaded: &kmsguard_rules::Loaded) -> anyhow::Result<Ex
             format!("raw=may-be-unknown({})", unknown.join(","))
         };
         let fields = set.rule_fields(n).join(",");
+        // One line per rule whatever a literal holds: a control character or `\` is escaped.
+        let mut literals = String::new();
+        for c in prefilter.describe(n).chars() {
+            if c == '\\' || c.is_control() {
+                literals.extend(c.escape_default());
+            } else {
+                literals.push(c);
+            }
+        }
         lines.push((
             &rule.path,
-            format!("loaded\t{}\t{}\tfields={fields}\t{raw}", rule.path.display(), rule.tag),
+            format!(
+                "loaded\t{}\t{}\tfields={fields}\t{raw}\tliterals={literals}",
+                rule.path.display(),
+                rule.tag
+            ),
         ));
     }
     for r in &loaded.refused {
