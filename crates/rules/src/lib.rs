@@ -200,24 +200,23 @@ pub fn load(paths: &[PathBuf]) -> Loaded {
             }
         };
         // Parsing 194 files of TOML is most of the time it takes to load Elastic's AWS rules:
-        // spread it over the cores, keeping path order. This thread takes the last share, so
-        // a few files (or one core) cost no thread at all.
+        // spread it over the cores, keeping path order. A share this thread could take alone
+        // costs no thread. (Parsing the last of several shares here instead measured slower:
+        // 24.0 -> 28.2 ms for Elastic's files.)
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
         let per = files.len().div_ceil(threads).max(16);
         let load_all = |chunk: &[PathBuf]| -> Vec<Result<PackRule, Refused>> {
             chunk.iter().map(|f| load_file(f)).collect()
         };
-        let mut chunks = files.chunks(per);
-        let last = chunks.next_back().unwrap_or_default();
-        let results: Vec<Vec<Result<PackRule, Refused>>> = std::thread::scope(|scope| {
-            let workers: Vec<_> =
-                chunks.map(|chunk| scope.spawn(move || load_all(chunk))).collect();
-            let mine = load_all(last);
-            let mut all: Vec<_> =
-                workers.into_iter().map(|w| w.join().expect("a loader panicked")).collect();
-            all.push(mine);
-            all
-        });
+        let results: Vec<Vec<Result<PackRule, Refused>>> = if files.len() <= per {
+            vec![load_all(&files)]
+        } else {
+            std::thread::scope(|scope| {
+                let workers: Vec<_> =
+                    files.chunks(per).map(|chunk| scope.spawn(move || load_all(chunk))).collect();
+                workers.into_iter().map(|w| w.join().expect("a loader panicked")).collect()
+            })
+        };
         for result in results.into_iter().flatten() {
             match result {
                 Ok(rule) => loaded.rules.push(rule),
