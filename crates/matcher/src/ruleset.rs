@@ -564,8 +564,10 @@ impl Walk<'_, '_, '_> {
                     let Node::String(key) = tape[j] else { return Err(()) };
                     let (here, next) = self.states.split_at_mut((level + 1) * n);
                     let here = &here[level * n..];
+                    let mut reached = false;
                     for &f in self.active {
                         next[f] = extend(&self.set.fields[f].path, here[f], at_root, key);
+                        reached |= next[f] != DEAD;
                     }
                     let inner_flat = match flat {
                         Some(f) => {
@@ -584,7 +586,7 @@ impl Walk<'_, '_, '_> {
                             Some(Flat { depth: 1, key_len: tail.len(), root })
                         }),
                     };
-                    j = if inner_flat.is_none() && self.active.iter().all(|&f| next[f] == DEAD) {
+                    j = if !reached && inner_flat.is_none() {
                         // No field reaches below this key: only its objects' keys need checking.
                         check_keys_below(tape, j + 1, self.keys).map_err(|_| ())?
                     } else {

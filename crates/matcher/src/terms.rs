@@ -16,6 +16,8 @@
 
 use crate::packfilter::ESCAPE;
 use crate::pair::avx2;
+#[cfg(target_arch = "x86_64")]
+use crate::pair::prefetch_ahead;
 
 /// What [`TermScan::find`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -182,7 +184,6 @@ unsafe fn find_avx2(scan: &TermScan, hay: &[u8], from: usize) -> Option<(usize, 
     use std::arch::x86_64::*;
 
     const BLOCK: usize = 32;
-    const PREFETCH: usize = 1024;
     // Reads the 32 bytes at `hay[at..]`.
     macro_rules! load {
         ($at:expr) => {{
@@ -242,10 +243,7 @@ unsafe fn find_avx2(scan: &TermScan, hay: &[u8], from: usize) -> Option<(usize, 
     };
     // Two blocks a step, one test for both: most steps hold no candidate.
     while i + 1 + 2 * BLOCK <= hay.len() {
-        // Asks for the bytes a kilobyte ahead: the hardware prefetcher stops at every 4 KiB
-        // page, and a mapped file's pages are that small. A prefetch never faults, and
-        // `wrapping_add` may point past `hay` without reading there.
-        _mm_prefetch::<_MM_HINT_T0>(hay.as_ptr().wrapping_add(i + PREFETCH).cast());
+        prefetch_ahead(hay, i);
         let (low, high) = (candidates(i), candidates(i + BLOCK));
         let any = _mm256_or_si256(low, high);
         if _mm256_testz_si256(any, any) == 0 {
