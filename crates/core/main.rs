@@ -645,15 +645,7 @@ fn list_rules(args: &Args, loaded: &kmsguard_rules::Loaded) -> anyhow::Result<Ex
             format!("raw=may-be-unknown({})", unknown.join(","))
         };
         let fields = set.rule_fields(n).join(",");
-        // One line per rule whatever a literal holds: a control character or `\` is escaped.
-        let mut literals = String::new();
-        for c in prefilter.describe(n).chars() {
-            if c == '\\' || c.is_control() {
-                literals.extend(c.escape_default());
-            } else {
-                literals.push(c);
-            }
-        }
+        let literals = prefilter.describe(n);
         lines.push((
             &rule.path,
             format!(

@@ -538,7 +538,8 @@ impl PackPrefilter {
 
     /// Rule `rule`'s necessary literals, as `--list-rules` shows them: its clauses joined by
     /// `&`, each clause's literals by `|`, the first-stage clause first; `*` when it has none
-    /// (every line is a candidate for it).
+    /// (every line is a candidate for it). One line, printable: a literal is a run of plain
+    /// ASCII, with no control character, `\` or `"` (see the module's documentation).
     pub fn describe(&self, rule: usize) -> String {
         let cnf = &self.clauses[rule];
         if cnf.is_empty() {
@@ -1096,6 +1097,17 @@ mod tests {
     fn prefilter(queries: &[&str]) -> PackPrefilter {
         let qs: Vec<_> = queries.iter().map(|q| parse(q).unwrap()).collect();
         PackPrefilter::new(&RuleSet::new(&qs, None).unwrap())
+    }
+
+    #[test]
+    fn descriptions_lead_with_the_first_stage_and_stay_on_one_line() {
+        let pre = prefilter(&[
+            "event.provider: iam.amazonaws.com and event.action: (CreateUser or DeleteUser)",
+            r#"event.action: "ab\ncd" and event.provider: "p\\qr""#,
+        ]);
+        assert_eq!(pre.describe(0), "CreateUser|DeleteUser & iam.amazonaws.com");
+        // A newline or a backslash in a value ends its literal's run.
+        assert_eq!(pre.describe(1), "ab & qr");
     }
 
     fn rules_on(pre: &PackPrefilter, line: &str) -> Vec<usize> {
