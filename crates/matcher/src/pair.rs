@@ -101,6 +101,61 @@ pub(crate) fn prefetch_ahead(hay: &[u8], at: usize) {
     unsafe { _mm_prefetch::<_MM_HINT_T0>(hay.as_ptr().wrapping_add(at + 1024).cast()) }
 }
 
+/// The loop both AVX2 scans (this one, the term scan) share: over the blocks of 32 positions
+/// from `from`, two blocks a step with one test for both (most steps hold no candidate), the
+/// candidate positions `candidates(i)` gives for the block at `i` are handed to `check` in
+/// order; the first it takes is returned. The last positions, where a block would not fit, are
+/// all handed to `check`.
+///
+/// # Safety
+///
+/// The CPU must have AVX2. `candidates(i)` is only called with `i + span + 32 <= hay.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(crate) unsafe fn scan_blocks<T>(
+    hay: &[u8],
+    from: usize,
+    span: usize,
+    candidates: impl Fn(usize) -> std::arch::x86_64::__m256i,
+    mut check: impl FnMut(usize) -> Option<T>,
+) -> Option<(usize, T)> {
+    use std::arch::x86_64::*;
+
+    const BLOCK: usize = 32;
+    let mask = |v: __m256i| u64::from(_mm256_movemask_epi8(v) as u32);
+    // The first position `check` takes among `bits` (bit `k`: position `i + k`).
+    let mut first = |i: usize, mut bits: u64| {
+        while bits != 0 {
+            let at = i + bits.trailing_zeros() as usize;
+            if let Some(hit) = check(at) {
+                return Some((at, hit));
+            }
+            bits &= bits - 1;
+        }
+        None
+    };
+    let mut i = from;
+    while i + span + 2 * BLOCK <= hay.len() {
+        prefetch_ahead(hay, i);
+        let (low, high) = (candidates(i), candidates(i + BLOCK));
+        let any = _mm256_or_si256(low, high);
+        if _mm256_testz_si256(any, any) == 0 {
+            if let Some(hit) = first(i, mask(low) | mask(high) << 32) {
+                return Some(hit);
+            }
+        }
+        i += 2 * BLOCK;
+    }
+    if i + span + BLOCK <= hay.len() {
+        if let Some(hit) = first(i, mask(candidates(i))) {
+            return Some(hit);
+        }
+        i += BLOCK;
+    }
+    (i..hay.len()).find_map(|at| Some((at, check(at)?)))
+}
+
 /// The kernel of [`PairScan::find`].
 ///
 /// # Safety
@@ -127,9 +182,9 @@ unsafe fn find_avx2(
         ($at:expr) => {{
             let at: usize = $at;
             debug_assert!(at + BLOCK <= hay.len());
-            // SAFETY: every read below is at `i + offset` with `offset <= span` and
-            // `i + span + BLOCK <= hay.len()`, so its 32 bytes are inside `hay`; `loadu` needs
-            // no alignment.
+            // SAFETY: every read is at `i + offset` with `offset <= span`, and `scan_blocks`
+            // gives only blocks with `i + span + BLOCK <= hay.len()`, so its 32 bytes are inside
+            // `hay`; `loadu` needs no alignment.
             unsafe { _mm256_loadu_si256(hay.as_ptr().add(at).cast::<__m256i>()) }
         }};
     }
@@ -145,38 +200,10 @@ unsafe fn find_avx2(
         );
         _mm256_or_si256(first, second)
     };
-    let mask = |v: __m256i| u64::from(_mm256_movemask_epi8(v) as u32);
-    // The first position `check` takes among `bits` (bit `k`: position `i + k`).
-    let mut first = |i: usize, mut bits: u64| {
-        while bits != 0 {
-            let at = i + bits.trailing_zeros() as usize;
-            if check(at) {
-                return Some(at);
-            }
-            bits &= bits - 1;
-        }
-        None
-    };
-    let mut i = from;
-    // Two blocks a step, one test for both: most steps line up nothing.
-    while i + scan.span + 2 * BLOCK <= hay.len() {
-        prefetch_ahead(hay, i);
-        let (low, high) = (lined_up(i), lined_up(i + BLOCK));
-        let any = _mm256_or_si256(low, high);
-        if _mm256_testz_si256(any, any) == 0 {
-            if let Some(at) = first(i, mask(low) | mask(high) << 32) {
-                return Some(at);
-            }
-        }
-        i += 2 * BLOCK;
-    }
-    if i + scan.span + BLOCK <= hay.len() {
-        if let Some(at) = first(i, mask(lined_up(i))) {
-            return Some(at);
-        }
-        i += BLOCK;
-    }
-    (i..hay.len()).find(|&at| check(at))
+    // SAFETY: this CPU has AVX2 (the caller's contract), and `lined_up` reads within `hay`
+    // for the blocks `scan_blocks` gives it (see `load!`).
+    unsafe { scan_blocks(hay, from, scan.span, lined_up, |at| check(at).then_some(())) }
+        .map(|(at, ())| at)
 }
 
 #[cfg(test)]

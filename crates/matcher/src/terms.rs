@@ -17,7 +17,7 @@
 use crate::packfilter::ESCAPE;
 use crate::pair::avx2;
 #[cfg(target_arch = "x86_64")]
-use crate::pair::prefetch_ahead;
+use crate::pair::scan_blocks;
 
 /// What [`TermScan::find`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -189,9 +189,9 @@ unsafe fn find_avx2(scan: &TermScan, hay: &[u8], from: usize) -> Option<(usize, 
         ($at:expr) => {{
             let at: usize = $at;
             debug_assert!(at + BLOCK <= hay.len());
-            // SAFETY: the loop below reads at `i - 1`, `i` and `i + 1` with `i >= 1` and
-            // `i + 1 + BLOCK <= hay.len()`, so every 32 bytes read are inside `hay`; `loadu`
-            // needs no alignment.
+            // SAFETY: `candidates` reads at `i - 1`, `i` and `i + 1` with `i >= 1`, and
+            // `scan_blocks` gives only blocks with `i + 1 + BLOCK <= hay.len()`, so every 32
+            // bytes read are inside `hay`; `loadu` needs no alignment.
             unsafe { _mm256_loadu_si256(hay.as_ptr().add(at).cast::<__m256i>()) }
         }};
     }
@@ -213,7 +213,7 @@ unsafe fn find_avx2(scan: &TermScan, hay: &[u8], from: usize) -> Option<(usize, 
         let high = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
         _mm256_and_si256(_mm256_shuffle_epi8(lo, low), _mm256_shuffle_epi8(hi, high))
     };
-    let mut i = from.max(1);
+    let start = from.max(1);
     if from == 0 {
         if let Some(hit) = scan.check(hay, 0) {
             return Some((0, hit));
@@ -229,37 +229,10 @@ unsafe fn find_avx2(scan: &TermScan, hay: &[u8], from: usize) -> Option<(usize, 
             _mm256_and_si256(_mm256_cmpeq_epi8(cur, backslash), _mm256_cmpeq_epi8(next, u));
         _mm256_or_si256(term, escape)
     };
-    let mask = |v: __m256i| u64::from(_mm256_movemask_epi8(v) as u32);
-    // The first hit among `bits` (bit `k`: position `i + k`).
-    let first = |i: usize, mut bits: u64| {
-        while bits != 0 {
-            let at = i + bits.trailing_zeros() as usize;
-            if let Some(hit) = scan.check(hay, at) {
-                return Some((at, hit));
-            }
-            bits &= bits - 1;
-        }
-        None
-    };
-    // Two blocks a step, one test for both: most steps hold no candidate.
-    while i + 1 + 2 * BLOCK <= hay.len() {
-        prefetch_ahead(hay, i);
-        let (low, high) = (candidates(i), candidates(i + BLOCK));
-        let any = _mm256_or_si256(low, high);
-        if _mm256_testz_si256(any, any) == 0 {
-            if let Some(hit) = first(i, mask(low) | mask(high) << 32) {
-                return Some(hit);
-            }
-        }
-        i += 2 * BLOCK;
-    }
-    if i + 1 + BLOCK <= hay.len() {
-        if let Some(hit) = first(i, mask(candidates(i))) {
-            return Some(hit);
-        }
-        i += BLOCK;
-    }
-    (i..hay.len()).find_map(|at| Some((at, scan.check(hay, at)?)))
+    // SAFETY: this CPU has AVX2 (the caller's contract), and `candidates` reads at `i - 1`,
+    // `i` and `i + 1` with `i >= 1`, within `hay` for the blocks `scan_blocks` gives it (a span
+    // of one byte).
+    unsafe { scan_blocks(hay, start, 1, candidates, |at| scan.check(hay, at)) }
 }
 
 #[cfg(test)]
