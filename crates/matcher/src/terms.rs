@@ -48,6 +48,10 @@ pub(crate) struct TermScan {
     /// byte with that low (high) nibble.
     first: ([u8; 16], [u8; 16]),
     second: ([u8; 16], [u8; 16]),
+    /// A bit per pair of bytes that starts some term or prefix: what the buckets let through
+    /// that starts none (their masks pair first and second bytes only per bucket) costs a
+    /// bit test, not a search for the term's end.
+    pairs: Vec<u64>,
 }
 
 impl TermScan {
@@ -85,7 +89,12 @@ impl TermScan {
             longest: terms.iter().map(|t| t.len()).max().unwrap_or(0),
             first,
             second,
+            pairs: vec![0; (1 << 16) / 64],
         };
+        for t in all() {
+            let pair = usize::from(t[0]) << 8 | usize::from(t[1]);
+            scan.pairs[pair / 64] |= 1 << (pair % 64);
+        }
         for (n, t) in terms.iter().enumerate() {
             let h = hash(t);
             let mut slot = slot_of(h) & scan.mask;
@@ -123,8 +132,15 @@ impl TermScan {
         if at == 0 || hay[at - 1] != b'"' {
             return None;
         }
+        let pair = match rest {
+            [a, b, ..] => usize::from(*a) << 8 | usize::from(*b),
+            _ => return None,
+        };
+        if self.pairs[pair / 64] >> (pair % 64) & 1 == 0 {
+            return None;
+        }
         let window = &rest[..rest.len().min(self.longest + 1)];
-        let term = memchr::memchr2(b'"', b'\\', window).and_then(|end| self.lookup(&window[..end]));
+        let term = term_end(window).and_then(|end| self.lookup(&window[..end]));
         if let Some(n) = term {
             return Some(TermHit::Term(n));
         }
@@ -154,17 +170,41 @@ impl TermScan {
     }
 }
 
+/// Where the string starting `window` ends: its first `"` or `\`. Most strings the scan asks
+/// about end within 16 bytes, which one SSE2 comparison answers without a call to `memchr2`.
+fn term_end(window: &[u8]) -> Option<usize> {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(head) = window.first_chunk::<16>() {
+        use std::arch::x86_64::*;
+        // SAFETY: SSE2 is part of every x86_64 CPU; `head` is 16 readable bytes, and `loadu`
+        // needs no alignment.
+        let bits = unsafe {
+            let v = _mm_loadu_si128(head.as_ptr().cast::<__m128i>());
+            let quote = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8));
+            let backslash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
+            _mm_movemask_epi8(_mm_or_si128(quote, backslash))
+        };
+        if bits != 0 {
+            return Some(bits.trailing_zeros() as usize);
+        }
+        return memchr::memchr2(b'"', b'\\', &window[16..]).map(|end| 16 + end);
+    }
+    memchr::memchr2(b'"', b'\\', window)
+}
+
 /// A hash of a term from its length and its first and last eight bytes: the high half picks
 /// the slot ([`slot_of`]), the low half is kept as the slot's tag.
 fn hash(bytes: &[u8]) -> u64 {
-    let word = |b: &[u8]| {
-        let mut w = [0u8; 8];
-        w[..b.len()].copy_from_slice(b);
-        u64::from_le_bytes(w)
-    };
     let n = bytes.len();
-    let head = word(&bytes[..n.min(8)]);
-    let tail = word(&bytes[n.saturating_sub(8)..]);
+    let (head, tail) = match (bytes.first_chunk::<8>(), bytes.last_chunk::<8>()) {
+        // Most terms: two loads, where copying a shorter run would call `memcpy`.
+        (Some(head), Some(tail)) => (u64::from_le_bytes(*head), u64::from_le_bytes(*tail)),
+        _ => {
+            let mut w = [0u8; 8];
+            w[..n].copy_from_slice(bytes);
+            (u64::from_le_bytes(w), u64::from_le_bytes(w))
+        }
+    };
     (head ^ tail.rotate_left(29) ^ n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
