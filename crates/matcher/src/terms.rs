@@ -72,7 +72,10 @@ impl TermScan {
         firsts.dedup();
         let mut first = ([0u8; 16], [0u8; 16]);
         let mut second = ([0u8; 16], [0u8; 16]);
+        let mut pairs = vec![0u64; (1 << 16) / 64];
         for t in all() {
+            let (word, bit) = pair_bit(t[0], t[1]);
+            pairs[word] |= bit;
             let bucket = firsts.binary_search(&t[0]).expect("every first byte") % 8;
             let bit = 1u8 << bucket;
             first.0[usize::from(t[0] & 0xf)] |= bit;
@@ -89,12 +92,8 @@ impl TermScan {
             longest: terms.iter().map(|t| t.len()).max().unwrap_or(0),
             first,
             second,
-            pairs: vec![0; (1 << 16) / 64],
+            pairs,
         };
-        for t in all() {
-            let pair = usize::from(t[0]) << 8 | usize::from(t[1]);
-            scan.pairs[pair / 64] |= 1 << (pair % 64);
-        }
         for (n, t) in terms.iter().enumerate() {
             let h = hash(t);
             let mut slot = slot_of(h) & scan.mask;
@@ -132,11 +131,11 @@ impl TermScan {
         if at == 0 || hay[at - 1] != b'"' {
             return None;
         }
-        let pair = match rest {
-            [a, b, ..] => usize::from(*a) << 8 | usize::from(*b),
+        let (word, bit) = match rest {
+            [a, b, ..] => pair_bit(*a, *b),
             _ => return None,
         };
-        if self.pairs[pair / 64] >> (pair % 64) & 1 == 0 {
+        if self.pairs[word] & bit == 0 {
             return None;
         }
         let window = &rest[..rest.len().min(self.longest + 1)];
@@ -168,6 +167,12 @@ impl TermScan {
             (from..hay.len()).find_map(|at| Some((at, self.check(hay, at)?)))
         }
     }
+}
+
+/// Where the bit of the byte pair `a b` sits in `TermScan::pairs`: its word and its mask.
+fn pair_bit(a: u8, b: u8) -> (usize, u64) {
+    let pair = usize::from(a) << 8 | usize::from(b);
+    (pair / 64, 1 << (pair % 64))
 }
 
 /// Where the string starting `window` ends: its first `"` or `\`. Most strings the scan asks
