@@ -1206,8 +1206,8 @@ mod tests {
         );
     }
 
-    /// An anchor's rules that need only a few other literals look for each by itself, and only
-    /// while a rule still needs it.
+    /// An anchor's rules that need only a few other literals get no search for them together:
+    /// each is looked for by itself, still whole, with its quotes.
     #[test]
     fn few_other_literals_are_looked_for_one_by_one() {
         let pre = prefilter(&[
