@@ -490,7 +490,7 @@ impl PackEvaluator {
             states[..n].fill(0);
             let mut walk = Walk { tape, set, active: &scope.fields, states, values, keys };
             walk.value(0, 0, true, None).ok()?;
-            resolve_numbers(tape, line, values, false);
+            resolve_numbers(&mut Numbers::new(tape, line), values, false);
             let mut ctx = Inner { inner, keys, encoded };
             Some(decide(set, scope, tape, line, values, verdicts, &mut ctx))
         });
@@ -827,7 +827,7 @@ fn raw_values(
     for &f in &scope.fields {
         values.fields[f] = raw_field(tape, record, &set.fields[f], &mut numbers);
     }
-    resolve_numbers(tape, src, values, true);
+    resolve_numbers(&mut numbers, values, true);
 }
 
 /// The value at `path` of direct object members below `at` (no array on the way), unless the
@@ -837,13 +837,14 @@ fn value_at(tape: &[Node], at: usize, path: &[&str]) -> Option<usize> {
     (!is_removed(tape, v)).then_some(v)
 }
 
-/// The number tokens of a tape's source, read when first needed: the pipeline's `toString()`
-/// writes a raw record's numbers as Jackson read them, which the tape does not keep.
+/// The number tokens of a tape's source, read once, when first needed: the tape keeps numbers'
+/// values, not their text, which the pipeline's `toString()` of a raw record and Elasticsearch's
+/// keyword of an ECS number both use.
 struct Numbers<'t, 'n, 's> {
     tape: &'t [Node<'n>],
     src: &'s [u8],
-    /// Per tape index of a number, its token; filled on first use.
-    tokens: Option<std::collections::HashMap<usize, &'s str>>,
+    /// The tape indices of the numbers, ascending, and each one's token.
+    tokens: Option<(Vec<usize>, Vec<&'s str>)>,
 }
 
 impl<'t, 'n, 's> Numbers<'t, 'n, 's> {
@@ -851,14 +852,18 @@ impl<'t, 'n, 's> Numbers<'t, 'n, 's> {
         Numbers { tape, src, tokens: None }
     }
 
+    /// The token of the number at tape index `i`.
+    fn token(&mut self, i: usize) -> Option<&'s str> {
+        let (tape, src) = (self.tape, self.src);
+        let (at, tokens) = self.tokens.get_or_insert_with(|| {
+            ((0..tape.len()).filter(|&i| is_number(&tape[i])).collect(), number_tokens(src))
+        });
+        at.binary_search(&i).ok().and_then(|k| tokens.get(k).copied())
+    }
+
     /// The length of the pipeline's text of the number at tape index `i`.
     fn java_len(&mut self, i: usize) -> usize {
-        let (tape, src) = (self.tape, self.src);
-        let tokens = self.tokens.get_or_insert_with(|| {
-            let numbers = (0..tape.len()).filter(|&i| is_number(&tape[i]));
-            numbers.zip(number_tokens(src)).collect()
-        });
-        tokens.get(&i).map_or(0, |t| utf16_len(&jackson(t)))
+        self.token(i).map_or(0, |t| utf16_len(&jackson(t)))
     }
 }
 
@@ -866,30 +871,26 @@ fn is_number(node: &Node) -> bool {
     matches!(node, Node::Static(StaticNode::I64(_) | StaticNode::U64(_) | StaticNode::F64(_)))
 }
 
-/// Replaces the numbers among `values` by the text Elasticsearch indexes for them, read from
-/// their tokens in `src` (the tape does not keep them): in an ECS document the token as written
-/// (`1e2` stays "1e2"); in a raw record the pipeline's parse written back by Java (integers as
-/// their digits, whatever their size; others as `Double.toString`).
-fn resolve_numbers(tape: &[Node], src: &[u8], values: &mut Values, raw: bool) {
-    let numeric = |v: &Val| matches!(v, Val::Node(i) if is_number(&tape[*i as usize]));
-    if !values.fields.iter().flatten().flatten().any(numeric) {
-        return;
-    }
-    let tokens = number_tokens(src);
-    let mut rank = vec![usize::MAX; tape.len()];
-    for (k, i) in (0..tape.len()).filter(|&i| is_number(&tape[i])).enumerate() {
-        rank[i] = k;
-    }
+/// Replaces the numbers among `values` by the text Elasticsearch indexes for them (see
+/// [`Numbers`]): in an ECS document the token as written (`1e2` stays "1e2"); in a raw record
+/// the pipeline's parse written back by Java (integers as their digits, whatever their size;
+/// others as `Double.toString`).
+fn resolve_numbers(numbers: &mut Numbers, values: &mut Values, raw: bool) {
+    let tape = numbers.tape;
     for v in values.fields.iter_mut().flatten().flatten() {
         if let Val::Node(i) = *v {
-            if let Some(token) = tokens.get(rank[i as usize]) {
+            if !is_number(&tape[i as usize]) {
+                continue;
+            }
+            if let Some(token) = numbers.token(i as usize) {
                 *v = Val::Text(if raw { jackson(token) } else { token.to_string() });
             }
         }
     }
 }
 
-/// The number tokens of a JSON text, in order.
+/// The number tokens of a JSON text, in order. Strings are skipped with `memchr2` to their
+/// closing quote: a record is mostly strings, and its few numbers are outside them.
 fn number_tokens(src: &[u8]) -> Vec<&str> {
     let mut out = Vec::new();
     let mut i = 0;
@@ -897,10 +898,14 @@ fn number_tokens(src: &[u8]) -> Vec<&str> {
         match src[i] {
             b'"' => {
                 i += 1;
-                while i < src.len() && src[i] != b'"' {
-                    i += if src[i] == b'\\' { 2 } else { 1 };
+                // To just past the next quote no backslash escapes, or to the end.
+                loop {
+                    match memchr::memchr2(b'"', b'\\', src.get(i..).unwrap_or_default()) {
+                        Some(k) if src[i + k] == b'\\' => i += k + 2,
+                        Some(k) => break i += k + 1,
+                        None => break i = src.len(),
+                    }
                 }
-                i += 1;
             }
             b'-' | b'0'..=b'9' => {
                 let start = i;
@@ -1086,26 +1091,20 @@ fn all_leaves(tape: &[Node], i: usize, out: &mut Vec<Val>) {
 /// Lengths are Java's (UTF-16 code units), of the value after the pipeline's removal of empty
 /// values (`None` when the value itself is removed).
 fn to_string_len(tape: &[Node], i: usize, numbers: &mut Numbers) -> Option<usize> {
-    let joined =
-        |lengths: &[usize]| 2 + lengths.iter().sum::<usize>() + 2 * lengths.len().saturating_sub(1);
+    // `{` or `[`, the entries, `, ` between two, `}` or `]`.
+    let joined = |(sum, n): (usize, usize)| 2 + sum + 2 * n.saturating_sub(1);
+    let add = |(sum, n): (usize, usize), len: usize| (sum + len, n + 1);
     match tape[i] {
         _ if is_removed(tape, i) => None,
-        Node::Object { .. } => {
-            let lengths: Vec<usize> = member_keys(tape, i)
-                .filter_map(|k| match tape[k] {
-                    Node::String(key) => {
-                        Some(utf16_len(key) + 1 + to_string_len(tape, k + 1, numbers)?)
-                    }
-                    _ => None,
-                })
-                .collect();
-            Some(joined(&lengths))
-        }
-        Node::Array { .. } => {
-            let lengths: Vec<usize> =
-                children(tape, i).filter_map(|c| to_string_len(tape, c, numbers)).collect();
-            Some(joined(&lengths))
-        }
+        Node::Object { .. } => Some(joined(member_keys(tape, i).fold((0, 0), |acc, k| {
+            match (tape[k], to_string_len(tape, k + 1, numbers)) {
+                (Node::String(key), Some(len)) => add(acc, utf16_len(key) + 1 + len),
+                _ => acc,
+            }
+        }))),
+        Node::Array { .. } => Some(joined(children(tape, i).fold((0, 0), |acc, c| {
+            to_string_len(tape, c, numbers).map_or(acc, |len| add(acc, len))
+        }))),
         Node::String(s) => Some(utf16_len(s)),
         Node::Static(StaticNode::Bool(b)) => Some(if b { 4 } else { 5 }),
         Node::Static(StaticNode::Null) => None,
@@ -1115,6 +1114,9 @@ fn to_string_len(tape: &[Node], i: usize, numbers: &mut Numbers) -> Option<usize
 
 /// A string's length as Java counts it: UTF-16 code units.
 fn utf16_len(s: &str) -> usize {
+    if s.is_ascii() {
+        return s.len();
+    }
     s.chars().map(char::len_utf16).sum()
 }
 
@@ -1303,6 +1305,15 @@ mod tests {
             t("event.provider: sts.amazonaws.com or source.as.organization.name: y", raw),
             Tri::True
         );
+    }
+
+    #[test]
+    fn number_tokens_skip_strings_and_their_escapes() {
+        let src = br#"{"a":"x\"1","b":-1.5e3,"c":["2",3,"\\"],"d\"4":5,"e":"9"#;
+        assert_eq!(number_tokens(src), ["-1.5e3", "3", "5"]);
+        // A string cut off after a backslash ends the text, not the search.
+        assert_eq!(number_tokens(br#"[1,"a\"#), ["1"]);
+        assert_eq!(number_tokens(b"[1,\"\\"), ["1"]);
     }
 
     #[test]
