@@ -350,6 +350,14 @@ impl Stage1 {
         term.chain(prefixes.flat_map(|i| &self.prefix_anchors[i])).copied()
     }
 
+    /// Whether `eventName` stands at `at` in `hay`, where searcher `s` found its needle
+    /// `pattern`: that needle is `eventName`, or hides it (see `alternates`).
+    fn event_name_at(&self, hay: &[u8], s: usize, pattern: usize, at: usize) -> bool {
+        let Some((_, ep)) = self.event_name.filter(|&(es, _)| es == s) else { return false };
+        (ep == pattern || self.alternates[s][pattern].iter().any(|&(j, _)| j == ep))
+            && hay[at..].starts_with(EVENT_NAME)
+    }
+
     /// The anchors that the needle `pattern` of searcher `s`, found at `at` in `hay`, is part
     /// of there, whole, with their quotes.
     fn confirmed<'a>(
@@ -725,9 +733,6 @@ impl PackPrefilter {
             while let Some(m) = searcher.find(&line[from..]) {
                 let (at, pattern) = (from + m.start(), m.pattern().as_usize());
                 from = at + 1;
-                if stage1.event_name == Some((s, pattern)) {
-                    continue;
-                }
                 for a in stage1.confirmed(line, s, pattern, at) {
                     self.add_found(a, line, mask, memo);
                 }
@@ -898,15 +903,6 @@ impl Iterator for PackCandidates<'_, '_> {
                     {
                         at
                     }
-                    Hit::Needle { searcher, pattern, at }
-                        if self.pre.stage1.event_name == Some((searcher, pattern)) =>
-                    {
-                        if !non_string_after(hay, at + EVENT_NAME.len()) {
-                            self.next_needle[searcher] = self.search(searcher, at + 1);
-                            continue;
-                        }
-                        at
-                    }
                     Hit::Term { hit, at } => {
                         // As for a needle, below, with the anchors standing there.
                         let pre = self.pre;
@@ -918,10 +914,14 @@ impl Iterator for PackCandidates<'_, '_> {
                     }
                     Hit::Needle { searcher, pattern, at } => {
                         // The rules of the anchors found whole here; the line goes on when
-                        // one of them may fire, else the search goes on right after the
-                        // needle (another anchor may follow in the same line).
-                        let anchors = self.pre.stage1.confirmed(hay, searcher, pattern, at);
-                        if !self.possible_at(at, anchors) {
+                        // one of them may fire, or when `eventName` stands here (as this
+                        // needle or one it hides) and is not a string; else the search goes
+                        // on right after the needle (another may follow in the same line).
+                        let stage1 = &self.pre.stage1;
+                        let unknown_action = stage1.event_name_at(hay, searcher, pattern, at)
+                            && non_string_after(hay, at + EVENT_NAME.len());
+                        let anchors = stage1.confirmed(hay, searcher, pattern, at);
+                        if !unknown_action && !self.possible_at(at, anchors) {
                             self.next_needle[searcher] = self.search(searcher, at + 1);
                             continue;
                         }
@@ -1204,6 +1204,24 @@ mod tests {
                 (r#"{"eventName":"DisableKey"}"#, vec![0])
             ]
         );
+    }
+
+    /// `eventName` is searched among the anchors' needles, and a searcher reports one needle
+    /// per position: one that starts at the same byte (a wildcard's `event`, or `eventName`
+    /// itself) must not hide it when the anchor's rule cannot fire there.
+    #[test]
+    fn a_needle_at_the_same_byte_does_not_hide_event_name() {
+        // An object `eventName` is written back as `{a=x}`: the first rule is unknown there.
+        let hay = r#"{"eventName":{"a":"x"},"user":{"name":"x"}}"#;
+        for other in
+            ["user.name: *event* and user.id: *ab*", "user.name: *eventName* and user.id: *ab*"]
+        {
+            let pre = prefilter(&["event.action: *a=x*", other]);
+            let mut lines = pre.candidate_lines(hay.as_bytes());
+            assert_eq!(lines.next(), Some(0..hay.len()), "{other}");
+            assert!(lines.mask().contains(0), "{other}");
+            assert!(rules_on(&pre, hay).contains(&0), "{other}");
+        }
     }
 
     /// An anchor's rules that need only a few other literals get no search for them together:

@@ -354,6 +354,11 @@ const WILDCARDS: &[&str] = &[
     "*\u{1F600}",
     "R*R",
     "*é",
+    // Needles that start where a raw record's `eventName` does, and text only a non-string
+    // name written back by Java holds (`{a=DisableKey}`).
+    "*event*",
+    "*eventName*",
+    "*a=*",
 ];
 
 /// Strings around the `ignore_above` limits, in UTF-16 code units (é is one, 😀 two).
