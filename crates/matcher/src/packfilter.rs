@@ -38,6 +38,8 @@
 //! says a rule is impossible on a line, the rule's verdict there is `false`, neither `true` nor
 //! unknown; the differential tests and the fuzz target check exactly that.
 
+use std::sync::OnceLock;
+
 use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use memchr::memmem::Finder;
 
@@ -136,13 +138,12 @@ pub struct PackPrefilter {
     literals: Vec<Literal>,
     /// Per rule, its clauses; empty for a rule possible on every line.
     clauses: Vec<Vec<Clause>>,
-    /// Every literal's bytes, each once, for the second stage (overlapping matches).
-    all: Option<AhoCorasick>,
     /// Per literal, a searcher for its bytes (the second stage for the few rules an anchor
     /// names).
     finders: Vec<Finder<'static>>,
-    /// `all`'s pattern of each literal.
-    pattern_of: Vec<usize>,
+    /// Every literal's bytes, each once, for long lines (overlapping matches), and each
+    /// literal's pattern: built on the first long line, which most inputs never hold.
+    all: OnceLock<Option<(AhoCorasick, Vec<usize>)>>,
     /// The first stage: one clause per rule (its rarest), all together.
     stage1: Stage1,
     /// Some rule has no clause: every line is a candidate.
@@ -466,26 +467,6 @@ impl PackPrefilter {
             clauses.push(cnf);
         }
         let every_line = clauses.iter().any(Vec::is_empty);
-        // Distinct byte strings for the automata.
-        let mut patterns: Vec<&[u8]> = literals.iter().map(|l| l.bytes.as_slice()).collect();
-        patterns.sort_unstable();
-        patterns.dedup();
-        let pattern_of = literals
-            .iter()
-            .map(|l| {
-                patterns.binary_search(&l.bytes.as_slice()).expect("every literal is a pattern")
-            })
-            .collect();
-        let build = |pats: &[&[u8]], kind: MatchKind| {
-            (!pats.is_empty()).then(|| {
-                AhoCorasick::builder()
-                    .match_kind(kind)
-                    .kind(Some(AhoCorasickKind::ContiguousNFA))
-                    .build(pats)
-                    .expect("literal sets are small")
-            })
-        };
-        let all = build(&patterns, MatchKind::Standard);
         let mut anchors: Vec<Literal> = clauses
             .iter()
             .filter_map(|cnf| cnf.iter().max_by_key(|c| rarity(&literals, c)))
@@ -532,8 +513,7 @@ impl PackPrefilter {
             finders: literals.iter().map(|l| Finder::new(&l.bytes).into_owned()).collect(),
             literals,
             clauses,
-            all,
-            pattern_of,
+            all: OnceLock::new(),
             every_line,
             escape: Finder::new(ESCAPE).into_owned(),
         }
@@ -653,6 +633,30 @@ impl PackPrefilter {
         self.possible_with(line, mask, scratch)
     }
 
+    /// `all`, built on first use: one automaton over every literal's distinct bytes.
+    fn all(&self) -> Option<&(AhoCorasick, Vec<usize>)> {
+        self.all
+            .get_or_init(|| {
+                let mut patterns: Vec<&[u8]> =
+                    self.literals.iter().map(|l| l.bytes.as_slice()).collect();
+                patterns.sort_unstable();
+                patterns.dedup();
+                let pattern_of = self.literals.iter().map(|l| {
+                    patterns.binary_search(&l.bytes.as_slice()).expect("every literal is a pattern")
+                });
+                let all = (!patterns.is_empty()).then(|| {
+                    // Standard semantics: the only kind that reports overlapping matches.
+                    AhoCorasick::builder()
+                        .match_kind(MatchKind::Standard)
+                        .kind(Some(AhoCorasickKind::ContiguousNFA))
+                        .build(&patterns)
+                        .expect("literal sets are small")
+                })?;
+                Some((all, pattern_of.collect()))
+            })
+            .as_ref()
+    }
+
     /// [`PackPrefilter::possible`] with what `memo` already knows of the line (see
     /// [`Self::holds`]); `memo` is spent.
     fn possible_with(&self, line: &[u8], mask: &mut RuleMask, memo: &mut Vec<u8>) -> bool {
@@ -671,7 +675,7 @@ impl PackPrefilter {
         scratch.clear();
         scratch.resize(self.literals.len(), 0);
         if !escaped {
-            if let Some(all) = &self.all {
+            if let Some((all, pattern_of)) = self.all() {
                 // Per pattern: bit 0 found, bit 1 after a quote, bit 2 before a quote, bit 3
                 // both at one occurrence.
                 let mut found = vec![0u8; all.patterns_len()];
@@ -685,7 +689,7 @@ impl PackPrefilter {
                     found[m.pattern().as_usize()] |= bits;
                 }
                 for (l, lit) in self.literals.iter().enumerate() {
-                    let bits = found[self.pattern_of[l]];
+                    let bits = found[pattern_of[l]];
                     let need = match (lit.quote_before, lit.quote_after) {
                         (false, false) => 1,
                         (true, false) => 2,
