@@ -517,8 +517,7 @@ impl PackEvaluator {
             if !is_raw_record(tape, 0) {
                 return false;
             }
-            raw_values(set, scope, tape, record, 0, values);
-            eval_all(set, scope, tape, values, verdicts);
+            eval_raw(set, scope, tape, record, 0, values, verdicts);
             true
         });
         raw == Some(true)
@@ -703,15 +702,13 @@ fn decide(
     let detail_type = member(tape, 0, "detail-type").map(|i| tape[i]);
     if detail_type == Some(Node::String(EVENTBRIDGE_DETAIL_TYPE)) {
         if let Some(d) = member(tape, 0, "detail").filter(|&d| is_raw_record(tape, d)) {
-            raw_values(set, scope, tape, src, d, &mut raw);
-            eval_all(set, scope, tape, &raw, verdicts);
+            eval_raw(set, scope, tape, src, d, &mut raw, verdicts);
             return Shape::EventBridge;
         }
     }
     // 4. A raw record.
     if is_raw_record(tape, 0) {
-        raw_values(set, scope, tape, src, 0, &mut raw);
-        eval_all(set, scope, tape, &raw, verdicts);
+        eval_raw(set, scope, tape, src, 0, &mut raw, verdicts);
         return Shape::Raw;
     }
     // 5. A shipper envelope: CloudTrail's dataset, or no dataset at all.
@@ -764,8 +761,7 @@ fn decide_records(
     let mut one = vec![Tri::False; verdicts.len()];
     verdicts.iter_mut().for_each(|v| *v = Tri::False);
     for &r in records {
-        raw_values(set, scope, tape, src, r, raw);
-        eval_all(set, scope, tape, raw, &mut one);
+        eval_raw(set, scope, tape, src, r, raw, &mut one);
         verdicts.iter_mut().zip(&one).for_each(|(a, b)| *a = a.or(*b));
     }
 }
@@ -796,8 +792,7 @@ impl Inner<'_> {
                     return true;
                 }
                 if is_raw_record(t, 0) {
-                    raw_values(set, scope, t, text.as_bytes(), 0, &mut raw);
-                    eval_all(set, scope, t, &raw, verdicts);
+                    eval_raw(set, scope, t, text.as_bytes(), 0, &mut raw, verdicts);
                     return true;
                 }
                 false
@@ -811,8 +806,27 @@ fn valid(tape: &[Node], keys: &mut Vec<u32>) -> bool {
     matches!(tape.first(), Some(Node::Object { .. })) && check_keys_below(tape, 0, keys).is_ok()
 }
 
+/// Every rule of the scope on the raw record at `record` of `tape` (parsed from `src`): all
+/// false when Elasticsearch refuses the document the pipeline makes of it.
+fn eval_raw(
+    set: &RuleSet,
+    scope: &Scope,
+    tape: &[Node],
+    src: &[u8],
+    record: usize,
+    values: &mut Values,
+    verdicts: &mut [Tri],
+) {
+    if raw_values(set, scope, tape, src, record, values) {
+        eval_all(set, scope, tape, values, verdicts);
+    } else {
+        scope.rules.iter().for_each(|&r| verdicts[r] = Tri::False);
+    }
+}
+
 /// Every field's values for the raw record at `record` of `tape` (parsed from `src`), as the
-/// pipeline would give them.
+/// pipeline would give them; false (the values left unset) when the document it makes breaks
+/// the flattened fields' limits, which makes Elasticsearch refuse it (RULES.md section 3).
 fn raw_values(
     set: &RuleSet,
     scope: &Scope,
@@ -820,14 +834,47 @@ fn raw_values(
     src: &[u8],
     record: usize,
     values: &mut Values,
-) {
+) -> bool {
+    let mut numbers = Numbers::new(tape, src);
+    let fits = FLATTENED.iter().all(|&(_, name)| {
+        let Some(root) = member(tape, record, name) else { return true };
+        // Not copied when its `toString()` is too long (or nothing is left of it).
+        let copied = to_string_len(tape, root, &mut numbers).is_some_and(|n| n < FLATTENED_LEAF);
+        !copied || copy_fits(tape, root, 0, 1, &mut numbers)
+    });
+    if !fits {
+        return false;
+    }
     values.fields.clear();
     values.fields.resize_with(set.fields.len(), || Some(Vec::new()));
-    let mut numbers = Numbers::new(tape, src);
     for &f in &scope.fields {
         values.fields[f] = raw_field(tape, record, &set.fields[f], &mut numbers);
     }
     resolve_numbers(&mut numbers, values, true);
+    true
+}
+
+/// Whether the flattened copy of the value at `i` stays within Elasticsearch's limits, as
+/// [`Walk::value`] checks an ECS document's: objects (this one at `level`) at most
+/// [`FLATTENED_DEPTH`] deep, and no leaf whose dotted key below the field (`key_len` bytes) and
+/// text take more than [`FLATTENED_LEAF`] bytes. What the pipeline removes is not copied.
+fn copy_fits(tape: &[Node], i: usize, key_len: usize, level: usize, numbers: &mut Numbers) -> bool {
+    match tape[i] {
+        _ if is_removed(tape, i) => true,
+        Node::Object { .. } => {
+            level <= FLATTENED_DEPTH
+                && member_keys(tape, i).all(|k| {
+                    let Node::String(key) = tape[k] else { return true };
+                    let key_len = key_len + usize::from(key_len > 0) + key.len();
+                    copy_fits(tape, k + 1, key_len, level + 1, numbers)
+                })
+        }
+        Node::Array { .. } => {
+            children(tape, i).all(|c| copy_fits(tape, c, key_len, level, numbers))
+        }
+        Node::String(s) => key_len == 0 || key_len + s.len() <= FLATTENED_LEAF,
+        Node::Static(_) => key_len == 0 || key_len + numbers.java_len(i) <= FLATTENED_LEAF,
+    }
 }
 
 /// The value at `path` of direct object members below `at` (no array on the way), unless the
@@ -1396,6 +1443,37 @@ mod tests {
         assert_eq!(judge("x: 1", &long).1, PackVerdict::Invalid);
         let root = r#"{"aws.cloudtrail.flattened.request_parameters":{"a":{"b":"needle"}}}"#;
         assert_eq!(t("aws.cloudtrail.flattened.request_parameters: needle", root), Tri::True);
+    }
+
+    #[test]
+    fn a_raw_record_whose_flattened_copy_breaks_the_limits_matches_no_rule() {
+        let record = |params: &str| {
+            format!(r#"{{"eventSource":"s","eventName":"X","requestParameters":{params}}}"#)
+        };
+        let nested = |levels: usize, inner: &str| {
+            format!("{}{inner}{}", r#"{"a":"#.repeat(levels), "}".repeat(levels))
+        };
+        // The member's own object is level 1.
+        assert_eq!(t("event.action: X", &record(&nested(20, "1"))), Tri::True);
+        assert_eq!(t("event.action: X", &record(&nested(21, "1"))), Tri::False);
+        assert_eq!(t("not event.action: Y", &record(&nested(21, "1"))), Tri::False, "no rule");
+        // What the pipeline removes is not copied, so it is no level.
+        assert_eq!(t("event.action: X", &record(&nested(25, r#""-""#))), Tri::True);
+        // A leaf of more than 32,766 bytes (with its key) whose member's `toString()` is short
+        // enough to be copied: three bytes, one UTF-16 unit, a character.
+        let leaf = |n: usize| record(&format!(r#"{{"k":"{}"}}"#, "\u{20AC}".repeat(n)));
+        assert_eq!(t("event.action: X", &leaf(10_921)), Tri::True);
+        assert_eq!(t("event.action: X", &leaf(10_922)), Tri::False);
+        // Not copied at all when its `toString()` reaches 32,766: the record is indexed.
+        let long = record(&format!(r#"{{"k":"{}"}}"#, "v".repeat(40_000)));
+        assert_eq!(t("event.action: X", &long), Tri::True);
+        // In a log file, the other records are still decided.
+        let file = format!(
+            r#"{{"Records":[{},{{"eventSource":"s","eventName":"Y"}}]}}"#,
+            record(&nested(21, "1"))
+        );
+        assert_eq!(t("event.action: X", &file), Tri::False);
+        assert_eq!(t("event.action: Y", &file), Tri::True);
     }
 
     #[test]

@@ -144,6 +144,10 @@ fn over_records<'a>(queries: &[Query], records: impl Iterator<Item = &'a Json>) 
     let mut verdicts = vec![Tri::False; queries.len()];
     for record in records {
         let raw = Raw::new(record);
+        // Elasticsearch refuses the document the pipeline makes of it: no rule matches it.
+        if !raw.within_flattened_limits() {
+            continue;
+        }
         let mut known: HashMap<String, RawValues> = HashMap::new();
         for (verdict, q) in verdicts.iter_mut().zip(queries) {
             let tri = evaluate(q, &mut |field, value| {
@@ -470,6 +474,35 @@ impl Raw {
             RawValues::Known(values) => RawValues::Known(indexed_by(kind, values)),
             other => other,
         }
+    }
+
+    /// Whether the flattened copies the pipeline makes of the record's members (RULES.md
+    /// section 4: those whose `Map.toString()` form is short enough) keep within Elasticsearch's
+    /// limits (section 3), counted as [`within_flattened_limits`] counts them in an ECS document.
+    fn within_flattened_limits(&self) -> bool {
+        fn fits(value: &Json, key: &str, level: usize) -> bool {
+            match value {
+                Json::Object(members) => {
+                    level <= FLATTENED_DEPTH_LIMIT
+                        && members.iter().all(|(k, v)| {
+                            let k = k.to_string_lossy();
+                            let key = if key.is_empty() { k } else { format!("{key}.{k}") };
+                            fits(v, &key, level + 1)
+                        })
+                }
+                Json::Array(items) => items.iter().all(|v| fits(v, key, level)),
+                leaf => {
+                    key.is_empty()
+                        || java_scalars(leaf)
+                            .iter()
+                            .all(|v| key.len() + v.text.len() <= FLATTENED_LEAF_LIMIT)
+                }
+            }
+        }
+        FLATTENED.iter().all(|(_, member)| match self.record.get(member) {
+            Some(value) if java_string_length(value) < TO_STRING_LIMIT => fits(value, "", 1),
+            _ => true,
+        })
     }
 
     /// A leaf of a flattened copy of `member` (every leaf for the root): unknown when the
@@ -822,6 +855,30 @@ mod tests {
         );
         let rules = ["event.action: *", "aws.cloudtrail.flattened.request_parameters.k: *"];
         assert_eq!(verdicts(&rules, None, &ecs).unwrap().1, [Tri::False, Tri::True]);
+    }
+
+    /// A raw record's document is refused when the flattened copies the pipeline makes of it
+    /// break the limits: no rule matches it, the other records of its file are decided.
+    #[test]
+    fn raw_flattened_limits() {
+        let record = |params: &str| {
+            format!(r#"{{"eventSource":"s","eventName":"X","requestParameters":{params}}}"#)
+        };
+        let nested =
+            |levels: usize| format!("{}1{}", r#"{"a":"#.repeat(levels), "}".repeat(levels));
+        let fires = |line: &str| {
+            verdicts(&["event.action: X", "not cloud.region: b"], None, line).unwrap().1
+        };
+        assert_eq!(fires(&record(&nested(20))), [Tri::True, Tri::True]);
+        assert_eq!(fires(&record(&nested(21))), [Tri::False, Tri::False]);
+        let leaf = |n: usize| record(&format!(r#"{{"k":"{}"}}"#, "\u{20AC}".repeat(n)));
+        assert_eq!(fires(&leaf(10_921)), [Tri::True, Tri::True]);
+        assert_eq!(fires(&leaf(10_922)), [Tri::False, Tri::False]);
+        // Not copied at all: the record is indexed, and its flattened fields unknown.
+        let long = record(&format!(r#"{{"k":"{}"}}"#, "v".repeat(40_000)));
+        assert_eq!(fires(&long), [Tri::True, Tri::True]);
+        let file = format!(r#"{{"Records":[{},{}]}}"#, record(&nested(21)), record("{}"));
+        assert_eq!(fires(&file), [Tri::True, Tri::True]);
     }
 
     #[test]
