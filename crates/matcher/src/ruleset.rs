@@ -115,10 +115,35 @@ const FLATTENED: [(&str, &str); 4] = [
 /// reproduced) or they are not indexed.
 const REFUSED_FIELDS: [&str; 3] = ["message", "error.message", "event.original"];
 
+/// Whether `path` is the `text` multi-field (`match_only_text`) that Elasticsearch's
+/// `ecs@mappings` dynamic templates give the keyword fields of these path patterns
+/// (`user_agent.original.text`, `user.name.text`, `process.command_line.text`, ...).
+fn text_multi_field(path: &str) -> bool {
+    const ENDINGS: [&str; 13] = [
+        ".title",
+        ".executable",
+        ".name",
+        ".working_directory",
+        ".full_name",
+        "file.path",
+        "file.target_path",
+        "os.full",
+        ".body.content",
+        "url.full",
+        "url.original",
+        "command_line",
+        "stack_trace",
+    ];
+    const WHOLE: [&str; 3] = ["email.subject", "vulnerability.description", "user_agent.original"];
+    path.strip_suffix(".text")
+        .is_some_and(|f| WHOLE.contains(&f) || ENDINGS.iter().any(|e| f.ends_with(e)))
+}
+
 /// The mapping and the raw source of an ECS field, or why a rule may not read it.
 pub fn field(path: &str) -> Result<(FieldKind, Source), String> {
+    let refused = || Err(format!("field {path} is analyzed text or not indexed"));
     if REFUSED_FIELDS.contains(&path) {
-        return Err(format!("field {path} is analyzed text or not indexed"));
+        return refused();
     }
     for (prefix, raw) in FLATTENED {
         if let Some(rest) = path.strip_prefix(prefix).and_then(|r| r.strip_prefix('.')) {
@@ -127,6 +152,10 @@ pub fn field(path: &str) -> Result<(FieldKind, Source), String> {
         if path == prefix {
             return Ok((FieldKind::Flattened, Source::Flattened(raw, String::new())));
         }
+    }
+    // Inside a flattened field every leaf is a keyword, whatever its key.
+    if text_multi_field(path) {
+        return refused();
     }
     let keyword = FieldKind::Keyword { ignore_above: 1024 };
     let long_keyword = FieldKind::Keyword { ignore_above: 8191 };
@@ -1517,5 +1546,13 @@ mod tests {
         let err =
             RuleSet::new(&[parse("a:1").unwrap(), parse("message: x").unwrap()], None).unwrap_err();
         assert_eq!(err, (1, "field message is analyzed text or not indexed".to_string()));
+        for text in ["user_agent.original.text", "user.name.text", "process.command_line.text"] {
+            let err = RuleSet::new(&[parse(&format!("{text}: x")).unwrap()], None).unwrap_err();
+            assert_eq!(err, (0, format!("field {text} is analyzed text or not indexed")));
+        }
+        // Keywords: a `text` key inside a flattened field, or below a field with no multi-field.
+        for keyword in ["aws.cloudtrail.flattened.request_parameters.name.text", "labels.text"] {
+            assert!(RuleSet::new(&[parse(&format!("{keyword}: x")).unwrap()], None).is_ok());
+        }
     }
 }
