@@ -207,6 +207,26 @@ fn marker_pair_at(input: &[u8], i: usize) -> bool {
     })
 }
 
+/// The text Elasticsearch indexes for a decoded string of a rewritten document: each encoded
+/// lone surrogate as U+FFFD, the replacement Jackson's UTF-8 output writes for it (RULE.md
+/// section 3), each doubled marker as one. Borrowed when `s` holds no marker.
+pub(crate) fn indexed_text(s: &str) -> std::borrow::Cow<'_, str> {
+    let marker = char::from_u32(MARKER).expect("a scalar value");
+    if !s.contains(marker) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        out.push(match (c == marker).then(|| chars.next()).flatten() {
+            Some(next) if next == marker => marker,
+            Some(_) => char::REPLACEMENT_CHARACTER,
+            None => c,
+        });
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Whether `s` is exactly one number in JSON's grammar:
 /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
 fn is_json_number(s: &[u8]) -> bool {

@@ -519,7 +519,7 @@ impl PackEvaluator {
             states[..n].fill(0);
             let mut walk = Walk { tape, set, active: &scope.fields, states, values, keys };
             walk.value(0, 0, true, None).ok()?;
-            resolve_numbers(&mut Numbers::new(tape, line), values, false);
+            resolve_leaves(&mut Doc::new(tape, line, encoded), values, false);
             let mut ctx = Inner { inner, keys, encoded };
             Some(decide(set, scope, tape, line, values, verdicts, &mut ctx))
         });
@@ -542,11 +542,11 @@ impl PackEvaluator {
         let scope = &*scope;
         verdicts.clear();
         verdicts.resize(set.exprs.len(), Tri::False);
-        let raw = outer.with_tape(record, false, |tape, _| {
+        let raw = outer.with_tape(record, false, |tape, encoded| {
             if !is_raw_record(tape, 0) {
                 return false;
             }
-            eval_raw(set, scope, tape, record, 0, values, verdicts);
+            eval_raw(set, scope, &mut Doc::new(tape, record, encoded), 0, values, verdicts);
             true
         });
         raw == Some(true)
@@ -705,9 +705,10 @@ fn decide(
     inner: &mut Inner,
 ) -> Shape {
     let mut raw = Values::default();
+    let mut doc = Doc::new(tape, src, inner.encoded);
     // 1. A CloudTrail log file.
     if let Some(records) = records_of(tape, 0) {
-        decide_records(set, scope, tape, src, &records, &mut raw, verdicts);
+        decide_records(set, scope, &mut doc, &records, &mut raw, verdicts);
         return Shape::Records;
     }
     // 2. A LookupEvents response.
@@ -731,13 +732,13 @@ fn decide(
     let detail_type = member(tape, 0, "detail-type").map(|i| tape[i]);
     if detail_type == Some(Node::String(EVENTBRIDGE_DETAIL_TYPE)) {
         if let Some(d) = member(tape, 0, "detail").filter(|&d| is_raw_record(tape, d)) {
-            eval_raw(set, scope, tape, src, d, &mut raw, verdicts);
+            eval_raw(set, scope, &mut doc, d, &mut raw, verdicts);
             return Shape::EventBridge;
         }
     }
     // 4. A raw record.
     if is_raw_record(tape, 0) {
-        eval_raw(set, scope, tape, src, 0, &mut raw, verdicts);
+        eval_raw(set, scope, &mut doc, 0, &mut raw, verdicts);
         return Shape::Raw;
     }
     // 5. A shipper envelope: CloudTrail's dataset, or no dataset at all.
@@ -781,8 +782,7 @@ fn records_of(tape: &[Node], obj: usize) -> Option<Vec<usize>> {
 fn decide_records(
     set: &RuleSet,
     scope: &Scope,
-    tape: &[Node],
-    src: &[u8],
+    doc: &mut Doc,
     records: &[usize],
     raw: &mut Values,
     verdicts: &mut [Tri],
@@ -790,7 +790,7 @@ fn decide_records(
     let mut one = vec![Tri::False; verdicts.len()];
     verdicts.iter_mut().for_each(|v| *v = Tri::False);
     for &r in records {
-        eval_raw(set, scope, tape, src, r, raw, &mut one);
+        eval_raw(set, scope, doc, r, raw, &mut one);
         verdicts.iter_mut().zip(&one).for_each(|(a, b)| *a = a.or(*b));
     }
 }
@@ -811,17 +811,18 @@ impl Inner<'_> {
         let Node::String(text) = tape[i] else { return false };
         let keys = &mut *self.keys;
         self.inner
-            .with_tape(text.as_bytes(), self.encoded, |t, _| {
+            .with_tape(text.as_bytes(), self.encoded, |t, encoded| {
                 if !valid(t, keys) {
                     return false;
                 }
                 let mut raw = Values::default();
+                let mut doc = Doc::new(t, text.as_bytes(), encoded);
                 if let Some(records) = log_files.then(|| records_of(t, 0)).flatten() {
-                    decide_records(set, scope, t, text.as_bytes(), &records, &mut raw, verdicts);
+                    decide_records(set, scope, &mut doc, &records, &mut raw, verdicts);
                     return true;
                 }
                 if is_raw_record(t, 0) {
-                    eval_raw(set, scope, t, text.as_bytes(), 0, &mut raw, verdicts);
+                    eval_raw(set, scope, &mut doc, 0, &mut raw, verdicts);
                     return true;
                 }
                 false
@@ -835,41 +836,39 @@ fn valid(tape: &[Node], keys: &mut Vec<u32>) -> bool {
     matches!(tape.first(), Some(Node::Object { .. })) && check_keys_below(tape, 0, keys).is_ok()
 }
 
-/// Every rule of the scope on the raw record at `record` of `tape` (parsed from `src`): all
-/// false when Elasticsearch refuses the document the pipeline makes of it.
+/// Every rule of the scope on the raw record at `record` of `doc`: all false when Elasticsearch
+/// refuses the document the pipeline makes of it.
 fn eval_raw(
     set: &RuleSet,
     scope: &Scope,
-    tape: &[Node],
-    src: &[u8],
+    doc: &mut Doc,
     record: usize,
     values: &mut Values,
     verdicts: &mut [Tri],
 ) {
-    if raw_values(set, scope, tape, src, record, values) {
-        eval_all(set, scope, tape, values, verdicts);
+    if raw_values(set, scope, doc, record, values) {
+        eval_all(set, scope, doc.tape, values, verdicts);
     } else {
         scope.rules.iter().for_each(|&r| verdicts[r] = Tri::False);
     }
 }
 
-/// Every field's values for the raw record at `record` of `tape` (parsed from `src`), as the
-/// pipeline would give them; false (the values left unset) when the document it makes breaks
-/// the flattened fields' limits, which makes Elasticsearch refuse it (RULES.md section 3).
+/// Every field's values for the raw record at `record` of `doc`, as the pipeline would give
+/// them; false (the values left unset) when the document it makes breaks the flattened fields'
+/// limits, which makes Elasticsearch refuse it (RULES.md section 3).
 fn raw_values(
     set: &RuleSet,
     scope: &Scope,
-    tape: &[Node],
-    src: &[u8],
+    doc: &mut Doc,
     record: usize,
     values: &mut Values,
 ) -> bool {
-    let mut numbers = Numbers::new(tape, src);
+    let tape = doc.tape;
     let fits = FLATTENED.iter().all(|&(_, name)| {
         let Some(root) = member(tape, record, name) else { return true };
         // Not copied when its `toString()` is too long (or nothing is left of it).
-        let copied = to_string_len(tape, root, &mut numbers).is_some_and(|n| n < FLATTENED_LEAF);
-        !copied || copy_fits(tape, root, 0, 1, &mut numbers)
+        let copied = to_string_len(tape, root, doc).is_some_and(|n| n < FLATTENED_LEAF);
+        !copied || copy_fits(tape, root, 0, 1, doc)
     });
     if !fits {
         return false;
@@ -877,9 +876,9 @@ fn raw_values(
     values.fields.clear();
     values.fields.resize_with(set.fields.len(), || Some(Vec::new()));
     for &f in &scope.fields {
-        values.fields[f] = raw_field(tape, record, &set.fields[f], &mut numbers);
+        values.fields[f] = raw_field(tape, record, &set.fields[f], doc);
     }
-    resolve_numbers(&mut numbers, values, true);
+    resolve_leaves(doc, values, true);
     true
 }
 
@@ -887,7 +886,7 @@ fn raw_values(
 /// [`Walk::value`] checks an ECS document's: objects (this one at `level`) at most
 /// [`FLATTENED_DEPTH`] deep, and no leaf whose dotted key below the field (`key_len` bytes) and
 /// text take more than [`FLATTENED_LEAF`] bytes. What the pipeline removes is not copied.
-fn copy_fits(tape: &[Node], i: usize, key_len: usize, level: usize, numbers: &mut Numbers) -> bool {
+fn copy_fits(tape: &[Node], i: usize, key_len: usize, level: usize, doc: &mut Doc) -> bool {
     match tape[i] {
         _ if is_removed(tape, i) => true,
         Node::Object { .. } => {
@@ -895,14 +894,12 @@ fn copy_fits(tape: &[Node], i: usize, key_len: usize, level: usize, numbers: &mu
                 && member_keys(tape, i).all(|k| {
                     let Node::String(key) = tape[k] else { return true };
                     let key_len = key_len + usize::from(key_len > 0) + key.len();
-                    copy_fits(tape, k + 1, key_len, level + 1, numbers)
+                    copy_fits(tape, k + 1, key_len, level + 1, doc)
                 })
         }
-        Node::Array { .. } => {
-            children(tape, i).all(|c| copy_fits(tape, c, key_len, level, numbers))
-        }
+        Node::Array { .. } => children(tape, i).all(|c| copy_fits(tape, c, key_len, level, doc)),
         Node::String(s) => key_len == 0 || key_len + s.len() <= FLATTENED_LEAF,
-        Node::Static(_) => key_len == 0 || key_len + numbers.java_len(i) <= FLATTENED_LEAF,
+        Node::Static(_) => key_len == 0 || key_len + doc.java_len(i) <= FLATTENED_LEAF,
     }
 }
 
@@ -913,19 +910,21 @@ fn value_at(tape: &[Node], at: usize, path: &[&str]) -> Option<usize> {
     (!is_removed(tape, v)).then_some(v)
 }
 
-/// The number tokens of a tape's source, read once, when first needed: the tape keeps numbers'
-/// values, not their text, which the pipeline's `toString()` of a raw record and Elasticsearch's
-/// keyword of an ECS number both use.
-struct Numbers<'t, 'n, 's> {
+/// A parsed document: its tape, its text, whether the tape is of a rewrite (see
+/// [`crate::normalize`]: its strings encode lone surrogates), and its number tokens, read once,
+/// when first needed: the tape keeps numbers' values, not their text, which the pipeline's
+/// `toString()` of a raw record and Elasticsearch's keyword of an ECS number both use.
+struct Doc<'t, 'n, 's> {
     tape: &'t [Node<'n>],
     src: &'s [u8],
+    encoded: bool,
     /// The tape indices of the numbers, ascending, and each one's token.
     tokens: Option<(Vec<usize>, Vec<&'s str>)>,
 }
 
-impl<'t, 'n, 's> Numbers<'t, 'n, 's> {
-    fn new(tape: &'t [Node<'n>], src: &'s [u8]) -> Numbers<'t, 'n, 's> {
-        Numbers { tape, src, tokens: None }
+impl<'t, 'n, 's> Doc<'t, 'n, 's> {
+    fn new(tape: &'t [Node<'n>], src: &'s [u8], encoded: bool) -> Doc<'t, 'n, 's> {
+        Doc { tape, src, encoded, tokens: None }
     }
 
     /// The token of the number at tape index `i`.
@@ -947,20 +946,27 @@ fn is_number(node: &Node) -> bool {
     matches!(node, Node::Static(StaticNode::I64(_) | StaticNode::U64(_) | StaticNode::F64(_)))
 }
 
-/// Replaces the numbers among `values` by the text Elasticsearch indexes for them (see
-/// [`Numbers`]): in an ECS document the token as written (`1e2` stays "1e2"); in a raw record
-/// the pipeline's parse written back by Java (integers as their digits, whatever their size;
-/// others as `Double.toString`).
-fn resolve_numbers(numbers: &mut Numbers, values: &mut Values, raw: bool) {
-    let tape = numbers.tape;
+/// Replaces the leaves among `values` whose text the tape does not hold by the text
+/// Elasticsearch indexes: a number's token (see [`Doc`]) as written in an ECS document (`1e2`
+/// stays "1e2"), and in a raw record the pipeline's parse written back by Java (integers as
+/// their digits, whatever their size; others as `Double.toString`); a string of a rewritten
+/// tape with its lone surrogates as U+FFFD, as Jackson reads them (RULE.md section 3).
+fn resolve_leaves(doc: &mut Doc, values: &mut Values, raw: bool) {
+    let tape = doc.tape;
     for v in values.fields.iter_mut().flatten().flatten() {
-        if let Val::Node(i) = *v {
-            if !is_number(&tape[i as usize]) {
-                continue;
+        let Val::Node(i) = *v else { continue };
+        match tape[i as usize] {
+            node if is_number(&node) => {
+                if let Some(token) = doc.token(i as usize) {
+                    *v = Val::Text(if raw { jackson(token) } else { token.to_string() });
+                }
             }
-            if let Some(token) = numbers.token(i as usize) {
-                *v = Val::Text(if raw { jackson(token) } else { token.to_string() });
+            Node::String(s) if doc.encoded => {
+                if let std::borrow::Cow::Owned(text) = crate::normalize::indexed_text(s) {
+                    *v = Val::Text(text);
+                }
             }
+            _ => {}
         }
     }
 }
@@ -1026,12 +1032,7 @@ fn at_path(tape: &[Node], at: usize, path: &[&str], out: &mut Vec<Val>) {
     }
 }
 
-fn raw_field(
-    tape: &[Node],
-    record: usize,
-    field: &Field,
-    numbers: &mut Numbers,
-) -> Option<Vec<Val>> {
+fn raw_field(tape: &[Node], record: usize, field: &Field, doc: &mut Doc) -> Option<Vec<Val>> {
     let mut out = Vec::new();
     let first_string = |path: &[&str]| {
         let mut vals = Vec::new();
@@ -1046,7 +1047,7 @@ fn raw_field(
             Some(v) if is_removed(tape, v) => {}
             Some(v) if matches!(tape[v], Node::String(_)) => out.push(Val::Node(v as u32)),
             Some(v) => {
-                let short = to_string_len(tape, v, numbers).is_some_and(|n| n <= 1024 / 2);
+                let short = to_string_len(tape, v, doc).is_some_and(|n| n <= 1024 / 2);
                 out.push(Val::Opaque { short });
             }
             None => {}
@@ -1109,7 +1110,7 @@ fn raw_field(
         Source::Flattened(member_name, rest) => {
             let Some(root) = member(tape, record, member_name) else { return Some(out) };
             // The pipeline copies the member when its `toString()` is shorter than 32,766.
-            if to_string_len(tape, root, numbers).is_some_and(|n| n >= FLATTENED_LEAF) {
+            if to_string_len(tape, root, doc).is_some_and(|n| n >= FLATTENED_LEAF) {
                 return None;
             }
             flattened_leaves(tape, root, rest, &mut out);
@@ -1166,25 +1167,27 @@ fn all_leaves(tape: &[Node], i: usize, out: &mut Vec<Val>) {
 ///
 /// Lengths are Java's (UTF-16 code units), of the value after the pipeline's removal of empty
 /// values (`None` when the value itself is removed).
-fn to_string_len(tape: &[Node], i: usize, numbers: &mut Numbers) -> Option<usize> {
+fn to_string_len(tape: &[Node], i: usize, doc: &mut Doc) -> Option<usize> {
     // `{` or `[`, the entries, `, ` between two, `}` or `]`.
     let joined = |(sum, n): (usize, usize)| 2 + sum + 2 * n.saturating_sub(1);
     let add = |(sum, n): (usize, usize), len: usize| (sum + len, n + 1);
     match tape[i] {
         _ if is_removed(tape, i) => None,
         Node::Object { .. } => Some(joined(member_keys(tape, i).fold((0, 0), |acc, k| {
-            match (tape[k], to_string_len(tape, k + 1, numbers)) {
+            match (tape[k], to_string_len(tape, k + 1, doc)) {
                 (Node::String(key), Some(len)) => add(acc, utf16_len(key) + 1 + len),
                 _ => acc,
             }
         }))),
-        Node::Array { .. } => Some(joined(children(tape, i).fold((0, 0), |acc, c| {
-            to_string_len(tape, c, numbers).map_or(acc, |len| add(acc, len))
-        }))),
+        Node::Array { .. } => {
+            Some(joined(children(tape, i).fold((0, 0), |acc, c| {
+                to_string_len(tape, c, doc).map_or(acc, |len| add(acc, len))
+            })))
+        }
         Node::String(s) => Some(utf16_len(s)),
         Node::Static(StaticNode::Bool(b)) => Some(if b { 4 } else { 5 }),
         Node::Static(StaticNode::Null) => None,
-        Node::Static(_) => Some(numbers.java_len(i)),
+        Node::Static(_) => Some(doc.java_len(i)),
     }
 }
 
@@ -1503,6 +1506,25 @@ mod tests {
         );
         assert_eq!(t("event.action: X", &file), Tri::False);
         assert_eq!(t("event.action: Y", &file), Tri::True);
+    }
+
+    /// A lone surrogate is indexed as U+FFFD, one UTF-16 unit; the rewrite that lets simd-json
+    /// parse it (see `normalize`) is not what the rules compare.
+    #[test]
+    fn lone_surrogates_are_indexed_as_the_replacement_character() {
+        assert_eq!(t("x.y: \"a\u{FFFD}b\"", r#"{"x":{"y":"a\udc00b"}}"#), Tri::True);
+        assert_eq!(t("x.y: *\u{FFFD}", r#"{"x":{"y":["q","a\ud800"]}}"#), Tri::True);
+        // A genuine U+F8FF (the rewrite's marker) in a rewritten document is itself.
+        let marker = r#"{"x":{"y":"\uf8ff"},"z":"\ud800"}"#;
+        assert_eq!(t("x.y: \"\u{F8FF}\"", marker), Tri::True);
+        assert_eq!(t("x.y: \"\u{F8FF}\"", r#"{"x":{"y":"\uf8ff"}}"#), Tri::True);
+        // ignore_above (1024) counts each one once.
+        let long = |n: usize| format!(r#"{{"x":{{"y":"{}"}}}}"#, "\\ud800".repeat(n));
+        assert_eq!(t("x.y: *", &long(1024)), Tri::True);
+        assert_eq!(t("x.y: *", &long(1025)), Tri::False);
+        // Raw records too.
+        let raw = r#"{"eventSource":"s","eventName":"Disable\ud800"}"#;
+        assert_eq!(t("event.action: \"Disable\u{FFFD}\"", raw), Tri::True);
     }
 
     #[test]

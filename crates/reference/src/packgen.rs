@@ -359,6 +359,7 @@ const WILDCARDS: &[&str] = &[
     "*event*",
     "*eventName*",
     "*a=*",
+    "*\u{FFFD}",
 ];
 
 /// Strings around the `ignore_above` limits, in UTF-16 code units (é is one, 😀 two).
@@ -540,6 +541,10 @@ impl Gen {
             Vals::Strs(pool) => {
                 if r.permille(3) {
                     J::Str(r.pick(&self.long).clone())
+                } else if r.permille(4) {
+                    // A lone surrogate, indexed as U+FFFD.
+                    let term = r.pick(pool).replace(['"', '\\'], "");
+                    J::Verbatim(format!("{term}\\ud800"))
                 } else {
                     s(r.pick(pool))
                 }
