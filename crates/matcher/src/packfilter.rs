@@ -405,12 +405,22 @@ pub(crate) fn non_string_event_name(line: &[u8]) -> bool {
 
 /// [`non_string_event_name`] for the occurrence ending at `end`.
 fn non_string_after(line: &[u8], end: usize) -> bool {
+    /// Past JSON's blanks, as they are or, in a document inside a string, escaped.
+    fn blanks(mut rest: &[u8]) -> &[u8] {
+        loop {
+            rest = rest.trim_ascii_start();
+            match rest {
+                [b'\\', b'n' | b't' | b'r', tail @ ..] => rest = tail,
+                _ => return rest,
+            }
+        }
+    }
     let mut rest = &line[end.min(line.len())..];
     rest = rest.strip_prefix(b"\\").unwrap_or(rest);
     let Some(rest) = rest.strip_prefix(b"\"") else { return false };
-    let rest = rest.trim_ascii_start();
-    let Some(rest) = rest.strip_prefix(b":") else { return false };
-    !matches!(rest.trim_ascii_start().first(), Some(b'"' | b'\\') | None)
+    let Some(rest) = blanks(rest).strip_prefix(b":") else { return false };
+    // Only `"` or `\"` opens a string (one spelled `\u0022` is the escape fallback's).
+    !matches!(blanks(rest), [] | [b'"', ..] | [b'\\', b'"', ..])
 }
 
 /// Needles that find every anchor: greedily, the substring of [`SHARED_NEEDLE`] bytes held by
@@ -1226,6 +1236,23 @@ mod tests {
             assert!(lines.mask().contains(0), "{other}");
             assert!(rules_on(&pre, hay).contains(&0), "{other}");
         }
+    }
+
+    /// Inside a string (an envelope's `message`, a `CloudTrailEvent`), a record's blanks are
+    /// escapes: a non-string `eventName` after them is still found.
+    #[test]
+    fn escaped_blanks_do_not_hide_a_non_string_event_name() {
+        let pre = prefilter(&["event.action: *a=x*", "event.action: Other"]);
+        for line in [
+            r#"{"message":"{\"eventSource\":\"s\",\"eventName\":\n7}"}"#,
+            r#"{"message":"{\"eventSource\":\"s\",\"eventName\"\t:[\"a\"]}"}"#,
+            r#"{"Events":[{"CloudTrailEvent":"{\"eventName\":\r\n{\"a\":\"x\"}}"}]}"#,
+        ] {
+            assert!(rules_on(&pre, line).contains(&0), "{line}");
+            assert_eq!(pre.candidate_lines(line.as_bytes()).count(), 1, "{line}");
+        }
+        let string = r#"{"message":"{\"eventName\":\n\"Other\"}"}"#;
+        assert!(!rules_on(&pre, string).contains(&0), "a string");
     }
 
     /// An anchor's rules that need only a few other literals get no search for them together:

@@ -140,6 +140,10 @@ fn write_json(rng: &mut Rng, j: &J, escape_permille: usize) -> String {
             match c {
                 '"' => out.push_str("\\\""),
                 '\\' => out.push_str("\\\\"),
+                // A blank as its short escape, as a record's own blanks in its envelope are.
+                '\n' if rng.percent(50) => out.push_str("\\n"),
+                '\t' if rng.percent(50) => out.push_str("\\t"),
+                '\r' if rng.percent(50) => out.push_str("\\r"),
                 c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
                 c if escape > 0 && rng.permille(escape) => {
                     let mut buf = [0u16; 2];
@@ -184,7 +188,16 @@ fn write_json(rng: &mut Rng, j: &J, escape_permille: usize) -> String {
                         out.push_str(if rng.percent(10) { ", " } else { "," });
                     }
                     string(rng, k, escape, out);
-                    out.push(':');
+                    if rng.percent(4) {
+                        // Blanks around the colon, as pretty-printed JSON has them.
+                        let blank = |rng: &mut Rng| *rng.pick(&["", " ", "\n", "\t", "\r\n"]);
+                        let (before, after) = (blank(rng), blank(rng));
+                        out.push_str(before);
+                        out.push(':');
+                        out.push_str(after);
+                    } else {
+                        out.push(':');
+                    }
                     value(rng, v, escape, out);
                 }
                 out.push('}');
