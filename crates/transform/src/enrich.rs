@@ -86,10 +86,17 @@ impl Enricher {
         };
         let tags =
             named.iter().find(|(k, _)| k.as_deref() == Some("tags")).map(|(_, m)| m.value.clone());
+        // Only dotted keys (`tags.x`) hold `tags`: an object, which a `tags` member beside them
+        // would make a second value of the same field.
+        let tags_taken = tags.is_none() && has("tags");
 
         let mut result = Enriched::default();
         let mut added: Vec<String> = Vec::new();
         let mut under_kmsguard: Vec<String> = Vec::new();
+        if tags_taken {
+            result.displaced = true;
+            under_kmsguard.push(format!("\"tags\":[{}]", self.tags_json(|_| true)));
+        }
         for (name, value) in [("rule", &self.rule_json), ("threat", &self.threat_json)] {
             if !has(name) {
                 added.push(format!("\"{name}\":{value}"));
@@ -118,7 +125,9 @@ impl Enricher {
             }
             None => {
                 out.extend_from_slice(&line[..at]);
-                added.insert(0, format!("\"tags\":[{}]", self.tags_json(|_| true)));
+                if !tags_taken {
+                    added.insert(0, format!("\"tags\":[{}]", self.tags_json(|_| true)));
+                }
             }
         }
         for (n, member) in added.iter().enumerate() {
@@ -238,6 +247,21 @@ mod tests {
         let (v, r) = enrich(r#"{"rule":1,"kmsguard":2}"#);
         assert_eq!((v["rule"].clone(), v["kmsguard"].clone()), (json!(1), json!(2)));
         assert_eq!(v["threat"]["framework"], "MITRE ATT&CK");
+        assert!(r.skipped);
+    }
+
+    /// A `tags` held by dotted keys is an object; ours goes under `kmsguard.tags` rather than
+    /// beside it as a second value of the same field.
+    #[test]
+    fn tags_held_by_dotted_keys_are_kept_and_ours_is_displaced() {
+        let (v, r) = enrich(r#"{"tags.x":"y","a":1}"#);
+        assert_eq!(v["tags.x"], "y");
+        assert!(v.get("tags").is_none(), "{v}");
+        assert_eq!(v["kmsguard"]["tags"], json!(["t"]));
+        assert_eq!(v["rule"]["version"], "1", "rule and threat are free");
+        assert!(r.displaced && !r.skipped);
+        let (v, r) = enrich(r#"{"tags.x":"y","rule":1,"kmsguard":2}"#);
+        assert_eq!((v.get("tags"), v["kmsguard"].clone()), (None, json!(2)));
         assert!(r.skipped);
     }
 
