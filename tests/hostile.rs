@@ -182,6 +182,30 @@ fn lines_over_the_limit_are_passed_or_dropped_whole() {
     );
 }
 
+/// `--max-line-bytes` counts a line without its `\n` or `\r\n` (RULE.md section 3: the same
+/// document), read from a pipe as from a file.
+#[test]
+fn the_line_limit_leaves_out_the_line_end() {
+    let limit = MATCH.len().to_string();
+    let under = (MATCH.len() - 1).to_string();
+    let dir = std::env::temp_dir().join(format!("kmsguard-limit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for end in ["\n", "\r\n"] {
+        let input = format!("{MATCH}{end}");
+        let file = dir.join("line.ndjson");
+        std::fs::write(&file, &input).unwrap();
+        let file = file.to_str().unwrap();
+        for (max, want) in [(&limit, "1\n"), (&under, "0\n")] {
+            let piped = kmsguard(&["-c", "--max-line-bytes", max], input.as_bytes());
+            let mapped = kmsguard(&["-c", "--max-line-bytes", max, file], b"");
+            for out in [piped, mapped] {
+                assert_eq!(String::from_utf8_lossy(&out.stdout), want, "{end:?} at {max}");
+            }
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Runs kmsguard under `/usr/bin/time`, streaming `produce`'s input, and returns
 /// (peak RSS in MiB, stdout length, a checksum of stdout, exit status). `None` (after saying
 /// so) when `/usr/bin/time` is missing outside CI.

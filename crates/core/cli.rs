@@ -87,9 +87,10 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = OnInvalidArg::Drop)]
     pub on_invalid: OnInvalidArg,
 
-    /// Longest line evaluated, in bytes. Longer lines are never buffered whole: they count as
-    /// oversized and are handled like invalid lines. The default is Elasticsearch's
-    /// http.max_content_length (100 MiB): a longer document could never be indexed.
+    /// Longest line evaluated, in bytes without its line end. Longer lines are never buffered
+    /// whole: they count as oversized and are handled like invalid lines. The default is
+    /// Elasticsearch's http.max_content_length (100 MiB): a longer document could never be
+    /// indexed.
     #[arg(long, value_name = "BYTES", default_value_t = kmsguard_transform::DEFAULT_MAX_LINE_BYTES)]
     pub max_line_bytes: usize,
 

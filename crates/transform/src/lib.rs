@@ -100,9 +100,9 @@ pub struct Options {
     /// file held in an envelope's `message` (one envelope per record, its other members copied).
     /// Every line that may hold such a container is then parsed, candidate or not.
     pub split_records: bool,
-    /// Longest line evaluated, in bytes without its `\n`. Longer lines are never buffered
-    /// whole: they are counted as oversized and, like invalid lines, passed through in tag mode
-    /// and handled by [`Options::on_invalid`] in filter mode. Memory stays below about this
+    /// Longest line evaluated, in bytes without its `\n` (or `\r\n`). Longer lines are never
+    /// buffered whole: they are counted as oversized and, like invalid lines, passed through in tag
+    /// mode and handled by [`Options::on_invalid`] in filter mode. Memory stays below about this
     /// plus [`Options::read_size`], plus, for a line that is evaluated, up to about six times its
     /// size (its copy, simd-json's buffers and tape, the enriched output): a 50 MB Records file
     /// peaks near 320 MiB.
@@ -439,8 +439,9 @@ impl Transform {
     ) -> Result<(), Error> {
         let line = &data[range.clone()];
         let terminator = &data[range.end..(range.end + 1).min(data.len())];
-        if line.len() > self.options.max_line_bytes {
-            // Only reached for input held in memory; streamed input never buffers such a line.
+        // A `\r\n` line is the same document as a `\n` one (RULE.md section 3).
+        if line.strip_suffix(b"\r").unwrap_or(line).len() > self.options.max_line_bytes {
+            // Streamed input never buffers a line more than a byte (a `\r`) longer.
             self.stats.oversized += 1;
             if self.sink.fails_on_invalid() {
                 out.flush()?;

@@ -20,7 +20,8 @@ impl Transform {
     /// I/O errors of either side, and the first invalid line under [`OnInvalid::Fail`](crate::OnInvalid::Fail). What was
     /// decided before the error has been written.
     pub fn run(&mut self, input: &mut dyn Read, out: &mut dyn Write) -> Result<(), Error> {
-        let max_line = self.options.max_line_bytes;
+        // What may stand before a line's `\n`: the longest line evaluated, and a `\r`.
+        let max_line = self.options.max_line_bytes.saturating_add(1);
         let mut buf = self.read_buffer(max_line);
         let mut filled = 0;
         // Inside an oversized line: its bytes stream through (or away) up to its `\n`.
