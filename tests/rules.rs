@@ -116,6 +116,22 @@ fn filter_mode_writes_one_alert_per_event_and_rule() {
     assert_eq!(alerts[1]["tags"], json!(["trail-deleted"]));
 }
 
+/// `--count` counts what filter mode writes: one alert per event and rule, within budgets.
+#[test]
+fn count_counts_the_alerts_filter_mode_writes() {
+    let dir = pack("count");
+    let input = format!("{DELETE}\n{OTHER}\n{STOP}\n{DELETE}\n");
+    for budget in [&[][..], &["--max-alerts", "max-signals"][..]] {
+        let args =
+            [&["--rules", dir.to_str().unwrap(), "--no-warn", "refused"][..], budget].concat();
+        let written = lines(&kmsguard(&args, input.as_bytes()).stdout).len();
+        let counted = kmsguard(&[&args[..], &["-c"]].concat(), input.as_bytes());
+        assert_eq!(String::from_utf8_lossy(&counted.stdout), format!("{written}\n"), "{budget:?}");
+        // e1 and its repeat by r1 and r2, e2 by r2; r2's budget of one keeps its first alert.
+        assert_eq!(written, if budget.is_empty() { 5 } else { 3 });
+    }
+}
+
 #[test]
 fn tag_mode_writes_each_event_once_with_every_tag() {
     let dir = pack("tag");

@@ -116,7 +116,8 @@ pub struct Args {
     #[arg(short = 'j', long, value_name = "N", default_value_t = 1)]
     pub threads: usize,
 
-    /// Print the number of matches instead of the events: the number alone for one input,
+    /// Print the number of matches instead of the events (with --rules, of alerts: one per
+    /// event and rule, as filter mode writes them): the number alone for one input,
     /// `NAME:COUNT` for each input with matches when there are several (as `rg -c`).
     #[arg(short, long)]
     pub count: bool,

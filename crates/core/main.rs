@@ -344,8 +344,14 @@ fn decide_stream(
 }
 
 /// Matches so far, summed over the transforms.
+/// The matches so far, as `--count` counts them: the lines filter mode writes, one per matching
+/// event or, with a rule pack, one per (event, rule) alert within the rules' budgets.
 fn matches(transforms: &[Transform]) -> u64 {
-    transforms.iter().map(|t| t.stats().matches).sum()
+    let alerts = |s: &kmsguard_transform::Stats| match s.rules.as_slice() {
+        [] => s.matches,
+        rules => rules.iter().map(|r| r.matches).sum(),
+    };
+    transforms.iter().map(|t| alerts(t.stats())).sum()
 }
 
 /// What a run's inputs came to.
