@@ -130,6 +130,17 @@ fn count_counts_the_alerts_filter_mode_writes() {
         // e1 and its repeat by r1 and r2, e2 by r2; r2's budget of one keeps its first alert.
         assert_eq!(written, if budget.is_empty() { 5 } else { 3 });
     }
+    // Per input, on input threads too; none for an input that cannot be read.
+    let file = dir.join("events.ndjson");
+    std::fs::write(&file, &input).unwrap();
+    let (file, missing) = (file.to_str().unwrap(), dir.join("missing.ndjson"));
+    let rules = dir.to_str().unwrap();
+    for threads in ["1", "2"] {
+        let args = ["--rules", rules, "--no-warn", "refused", "-c", "-j", threads, file, file];
+        let out = kmsguard(&[&args[..], &[missing.to_str().unwrap()]].concat(), b"");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{file}:5\n{file}:5\n"));
+        assert_eq!(out.status.code(), Some(2), "the missing input");
+    }
 }
 
 #[test]

@@ -393,9 +393,10 @@ impl Outcome {
     }
 }
 
-/// The line `--count` writes for one input, if any.
-fn count_line(args: &Args, inputs: usize, name: &str, count: u64) -> Option<String> {
-    match (args.count, inputs) {
+/// The line `--count` writes for one input, if any: none for an input that could not be read
+/// to its end (its error says so), as `rg -c` writes none for a missing file.
+fn count_line(args: &Args, inputs: usize, name: &str, count: u64, read: bool) -> Option<String> {
+    match (args.count && read, inputs) {
         (false, _) => None,
         (true, 1) => Some(format!("{count}\n")),
         (true, _) if count > 0 => Some(format!("{name}:{count}\n")),
@@ -430,10 +431,11 @@ fn run_sequential(
         out.end_input();
         let name = input.name();
         let count = matches(&transforms) - before;
+        let read = !matches!(result, Err(InputError::Read(_)));
         if let Some(note) = outcome.absorb(&name, result) {
             eprintln!("{note}");
         }
-        if let Some(line) = count_line(args, inputs.len(), &name, count) {
+        if let Some(line) = count_line(args, inputs.len(), &name, count, read) {
             if let Err(e) = out.write_all(line.as_bytes()) {
                 outcome.write_error = Some(e.into());
             }
@@ -493,14 +495,16 @@ fn work(
         }
         let mut slot = ordered.slot(index);
         let input = &inputs[index];
-        let before = transform.stats().matches;
         let transforms = std::slice::from_mut(&mut transform);
+        let before = matches(transforms);
         let events: &mut dyn Write =
             if args.count || args.quiet { &mut io::sink() } else { &mut slot };
         let result = decide_input(index, input, transforms, events, args, &mut outcome.findings);
+        let count = matches(transforms) - before;
         let name = input.name();
+        let read = !matches!(result, Err(InputError::Read(_)));
         let note = outcome.absorb(&name, result);
-        let count = count_line(args, inputs.len(), &name, transform.stats().matches - before);
+        let count = count_line(args, inputs.len(), &name, count, read);
         let written = count.map_or(Ok(()), |line| slot.write_all(line.as_bytes()));
         if let Err(e) = written.and_then(|()| slot.finish(note.as_deref())) {
             // `Interrupted` is another worker's stop, already recorded there.
