@@ -206,6 +206,29 @@ fn the_line_limit_leaves_out_the_line_end() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A full disk is one line on stderr naming the error once, and status 2.
+#[test]
+fn a_failed_write_is_reported_once() {
+    let Ok(full) = std::fs::File::options().write(true).open("/dev/full") else {
+        eprintln!("no /dev/full here: not checked");
+        return;
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kmsguard"))
+        .stdin(Stdio::piped())
+        .stdout(full)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input = format!("{MATCH}\n").repeat(1000);
+    // kmsguard may stop reading at the failed write.
+    let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert_eq!(stderr.matches("os error 28").count(), 1, "{stderr}");
+}
+
 /// Runs kmsguard under `/usr/bin/time`, streaming `produce`'s input, and returns
 /// (peak RSS in MiB, stdout length, a checksum of stdout, exit status). `None` (after saying
 /// so) when `/usr/bin/time` is missing outside CI.

@@ -206,11 +206,8 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.io_error().map(|e| e as _)
-    }
-}
+/// No `source`: the message already holds the I/O error's (a chain would say it twice).
+impl std::error::Error for Error {}
 
 /// The UTF-8 byte order mark some Windows tools write at the start of a file. A line that starts
 /// with one is the document after it (the matcher skips it); tag mode keeps it, filter mode's
