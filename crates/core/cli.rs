@@ -145,7 +145,7 @@ pub struct Args {
     pub explain: bool,
 
     /// Silence warnings about what may have hidden a match (comma-separated): invalid,
-    /// dataset, undecoded, spanning, assume-dataset, or all.
+    /// dataset, undecoded, spanning, assume-dataset, refused (rule files not run), or all.
     #[arg(long, value_delimiter = ',', value_name = "KINDS")]
     pub no_warn: Vec<WarnKind>,
 
