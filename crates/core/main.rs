@@ -80,11 +80,14 @@ fn rules_check_alias() -> Vec<std::ffi::OsString> {
 /// The rule pack of `--rules`, loaded once by [`run`] and replaced on SIGHUP.
 static PACK: OnceLock<Arc<PackHandle>> = OnceLock::new();
 
-/// Whether a `BrokenPipe` I/O error is anywhere in the chain (a transform error names its I/O
-/// error as its source, so the chain reaches it).
+/// Whether a `BrokenPipe` I/O error is anywhere in the chain, by itself or inside a transform
+/// error (whose message holds it, so it is not its `source`).
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| {
-        cause.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+        let io = cause.downcast_ref::<io::Error>().or_else(|| {
+            cause.downcast_ref::<kmsguard_transform::Error>().and_then(|e| e.io_error())
+        });
+        io.is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
     })
 }
 
