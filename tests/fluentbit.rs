@@ -127,8 +127,9 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 /// `examples/shippers/fluent-bit/<name>` with its paths replaced by the test's, written to
-/// `dir`: the example itself, as a user copies it.
+/// `dir`: the example itself, as a user copies it, and its output directory made, as it says.
 fn example(name: &str, dir: &Path, input: &Path, wasm: Option<&Path>) -> PathBuf {
+    std::fs::create_dir_all(dir.join("out")).unwrap();
     let path =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/shippers/fluent-bit").join(name);
     let text = std::fs::read_to_string(&path).unwrap();
