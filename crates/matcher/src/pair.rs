@@ -14,6 +14,8 @@
 
 /// Two bytes of a literal and where they sit in it.
 #[derive(Clone, Copy, Debug)]
+// Read by the x86_64 kernel only (elsewhere no scan is ever made).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 struct Probe {
     first: (usize, u8),
     second: (usize, u8),
@@ -36,6 +38,7 @@ impl Probe {
 
 /// A fused search for two literals: see the module's documentation.
 #[derive(Clone, Debug)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) struct PairScan {
     probes: [Probe; 2],
     /// The largest probe offset: a block at `i` reads up to `i + span + 32`.
