@@ -864,22 +864,38 @@ fn raw_values(
     values: &mut Values,
 ) -> bool {
     let tape = doc.tape;
-    let fits = FLATTENED.iter().all(|&(_, name)| {
-        let Some(root) = member(tape, record, name) else { return true };
-        // Not copied when its `toString()` is too long (or nothing is left of it).
-        let copied = to_string_len(tape, root, doc).is_some_and(|n| n < FLATTENED_LEAF);
-        !copied || copy_fits(tape, root, 0, 1, doc)
-    });
-    if !fits {
+    let copied = FLATTENED.map(|(_, name)| copied(tape, record, name, doc));
+    if copied.iter().any(|c| matches!(*c, Copied::At(root) if !copy_fits(tape, root, 0, 1, doc))) {
         return false;
     }
     values.fields.clear();
     values.fields.resize_with(set.fields.len(), || Some(Vec::new()));
     for &f in &scope.fields {
-        values.fields[f] = raw_field(tape, record, &set.fields[f], doc);
+        values.fields[f] = raw_field(tape, record, &set.fields[f], &copied, doc);
     }
     resolve_leaves(doc, values, true);
     true
+}
+
+/// What the pipeline copies of a raw record's member into its flattened field.
+#[derive(Clone, Copy)]
+enum Copied {
+    /// Nothing: the member is absent, or nothing is left of it after the removals.
+    Nothing,
+    /// The member's value, at this tape index.
+    At(usize),
+    /// Not copied: its `toString()` reaches 32,766 characters. What the field holds is unknown.
+    TooLong,
+}
+
+/// What the pipeline copies of member `name` of the raw record at `record`.
+fn copied(tape: &[Node], record: usize, name: &str, doc: &mut Doc) -> Copied {
+    let Some(root) = member(tape, record, name) else { return Copied::Nothing };
+    match to_string_len(tape, root, doc) {
+        None => Copied::Nothing,
+        Some(n) if n >= FLATTENED_LEAF => Copied::TooLong,
+        Some(_) => Copied::At(root),
+    }
 }
 
 /// Whether the flattened copy of the value at `i` stays within Elasticsearch's limits, as
@@ -1032,7 +1048,15 @@ fn at_path(tape: &[Node], at: usize, path: &[&str], out: &mut Vec<Val>) {
     }
 }
 
-fn raw_field(tape: &[Node], record: usize, field: &Field, doc: &mut Doc) -> Option<Vec<Val>> {
+/// A field's values in the raw record at `record`; `copied` is what the pipeline copies of each
+/// member of [`FLATTENED`].
+fn raw_field(
+    tape: &[Node],
+    record: usize,
+    field: &Field,
+    copied: &[Copied; 4],
+    doc: &mut Doc,
+) -> Option<Vec<Val>> {
     let mut out = Vec::new();
     let first_string = |path: &[&str]| {
         let mut vals = Vec::new();
@@ -1108,12 +1132,12 @@ fn raw_field(tape: &[Node], record: usize, field: &Field, doc: &mut Doc) -> Opti
             }
         }
         Source::Flattened(member_name, rest) => {
-            let Some(root) = member(tape, record, member_name) else { return Some(out) };
-            // The pipeline copies the member when its `toString()` is shorter than 32,766.
-            if to_string_len(tape, root, doc).is_some_and(|n| n >= FLATTENED_LEAF) {
-                return None;
+            let k = FLATTENED.iter().position(|(_, m)| m == member_name);
+            match k.map(|k| copied[k]) {
+                Some(Copied::At(root)) => flattened_leaves(tape, root, rest, &mut out),
+                Some(Copied::TooLong) => return None,
+                Some(Copied::Nothing) | None => {}
             }
-            flattened_leaves(tape, root, rest, &mut out);
         }
         Source::Unknown => return None,
     }
