@@ -87,8 +87,10 @@ impl Enricher {
         let tags =
             named.iter().find(|(k, _)| k.as_deref() == Some("tags")).map(|(_, m)| m.value.clone());
         // Only dotted keys (`tags.x`) hold `tags`: an object, which a `tags` member beside them
-        // would make a second value of the same field.
-        let tags_taken = tags.is_none() && has("tags");
+        // would make a second value of the same field. The tag goes under `kmsguard` when it
+        // can; when `kmsguard` is taken too, beside them all the same: an alert is never left
+        // without its tag.
+        let tags_taken = tags.is_none() && has("tags") && !has("kmsguard");
 
         let mut result = Enriched::default();
         let mut added: Vec<String> = Vec::new();
@@ -260,9 +262,13 @@ mod tests {
         assert_eq!(v["kmsguard"]["tags"], json!(["t"]));
         assert_eq!(v["rule"]["version"], "1", "rule and threat are free");
         assert!(r.displaced && !r.skipped);
+        // With `kmsguard` taken too, the tag still marks the event, beside the dotted keys.
         let (v, r) = enrich(r#"{"tags.x":"y","rule":1,"kmsguard":2}"#);
-        assert_eq!((v.get("tags"), v["kmsguard"].clone()), (None, json!(2)));
+        assert_eq!((v["tags"].clone(), v["kmsguard"].clone()), (json!(["t"]), json!(2)));
         assert!(r.skipped);
+        let (v, r) = enrich(r#"{"tags.x":"y","kmsguard":2}"#);
+        assert_eq!(v["tags"], json!(["t"]));
+        assert!(!r.displaced && !r.skipped);
     }
 
     #[test]
