@@ -519,9 +519,11 @@ impl PackEvaluator {
             states[..n].fill(0);
             let mut walk = Walk { tape, set, active: &scope.fields, states, values, keys };
             walk.value(0, 0, true, None).ok()?;
-            resolve_leaves(&mut Doc::new(tape, line, encoded), values, false);
-            let mut ctx = Inner { inner, keys, encoded };
-            Some(decide(set, scope, tape, line, values, verdicts, &mut ctx))
+            // One per document: its number tokens are read at most once, whatever reads them.
+            let mut doc = Doc::new(tape, line, encoded);
+            resolve_leaves(&mut doc, values, false);
+            let mut ctx = Inner { inner, keys };
+            Some(decide(set, scope, &mut doc, values, verdicts, &mut ctx))
         });
         match decided.flatten() {
             Some(shape) => PackVerdict::Decided(shape),
@@ -691,24 +693,22 @@ struct Flat {
 struct Inner<'p> {
     inner: &'p mut Parser,
     keys: &'p mut Vec<u32>,
-    encoded: bool,
 }
 
 /// Recognises the shape (RULE.md section 4, in order) and fills `verdicts`.
 fn decide(
     set: &RuleSet,
     scope: &Scope,
-    tape: &[Node],
-    src: &[u8],
+    doc: &mut Doc,
     ecs: &Values,
     verdicts: &mut [Tri],
     inner: &mut Inner,
 ) -> Shape {
+    let tape = doc.tape;
     let mut raw = Values::default();
-    let mut doc = Doc::new(tape, src, inner.encoded);
     // 1. A CloudTrail log file.
     if let Some(records) = records_of(tape, 0) {
-        decide_records(set, scope, &mut doc, &records, &mut raw, verdicts);
+        decide_records(set, scope, doc, &records, &mut raw, verdicts);
         return Shape::Records;
     }
     // 2. A LookupEvents response.
@@ -718,7 +718,7 @@ fn decide(
             let mut one = vec![Tri::False; verdicts.len()];
             let ok = children(tape, events).all(|event| {
                 let Some(record) = member(tape, event, "CloudTrailEvent") else { return false };
-                let ok = inner.held(set, scope, tape, record, false, &mut one);
+                let ok = inner.held(set, scope, doc, record, false, &mut one);
                 all.iter_mut().zip(&one).for_each(|(a, b)| *a = a.or(*b));
                 ok
             });
@@ -732,13 +732,13 @@ fn decide(
     let detail_type = member(tape, 0, "detail-type").map(|i| tape[i]);
     if detail_type == Some(Node::String(EVENTBRIDGE_DETAIL_TYPE)) {
         if let Some(d) = member(tape, 0, "detail").filter(|&d| is_raw_record(tape, d)) {
-            eval_raw(set, scope, &mut doc, d, &mut raw, verdicts);
+            eval_raw(set, scope, doc, d, &mut raw, verdicts);
             return Shape::EventBridge;
         }
     }
     // 4. A raw record.
     if is_raw_record(tape, 0) {
-        eval_raw(set, scope, &mut doc, 0, &mut raw, verdicts);
+        eval_raw(set, scope, doc, 0, &mut raw, verdicts);
         return Shape::Raw;
     }
     // 5. A shipper envelope: CloudTrail's dataset, or no dataset at all.
@@ -748,7 +748,7 @@ fn decide(
     let counted = |vals: &[Val]| vals.iter().any(|v| text(tape, v).is_some());
     if names(a) || names(b) || (!counted(a) && !counted(b)) {
         if let Some(message) = member(tape, 0, "message") {
-            if inner.held(set, scope, tape, message, true, verdicts) {
+            if inner.held(set, scope, doc, message, true, verdicts) {
                 return Shape::Envelope;
             }
         }
@@ -796,22 +796,22 @@ fn decide_records(
 }
 
 impl Inner<'_> {
-    /// Decides the document held as a string at `i`: a raw record (a LookupEvents element's
-    /// `CloudTrailEvent`), or, when `log_files`, also a log file (an envelope's `message`);
-    /// false when it is none of those.
+    /// Decides the document held as a string at `i` of `doc`: a raw record (a LookupEvents
+    /// element's `CloudTrailEvent`), or, when `log_files`, also a log file (an envelope's
+    /// `message`); false when it is none of those.
     fn held(
         &mut self,
         set: &RuleSet,
         scope: &Scope,
-        tape: &[Node],
+        doc: &Doc,
         i: usize,
         log_files: bool,
         verdicts: &mut [Tri],
     ) -> bool {
-        let Node::String(text) = tape[i] else { return false };
+        let Node::String(text) = doc.tape[i] else { return false };
         let keys = &mut *self.keys;
         self.inner
-            .with_tape(text.as_bytes(), self.encoded, |t, encoded| {
+            .with_tape(text.as_bytes(), doc.encoded, |t, encoded| {
                 if !valid(t, keys) {
                     return false;
                 }
