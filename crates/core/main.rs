@@ -346,7 +346,6 @@ fn decide_stream(
     }
 }
 
-/// Matches so far, summed over the transforms.
 /// The matches so far, as `--count` counts them: the lines filter mode writes, one per matching
 /// event or, with a rule pack, one per (event, rule) alert within the rules' budgets.
 fn matches(transforms: &[Transform]) -> u64 {
