@@ -120,10 +120,7 @@ fn build_wasm() -> Result<PathBuf, String> {
 
 /// A scratch directory for one test.
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("kmsguard-fb-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    crate::util::scratch_dir(&format!("fb-{name}"))
 }
 
 /// `examples/shippers/fluent-bit/<name>` with its paths replaced by the test's, written to

@@ -188,8 +188,7 @@ fn lines_over_the_limit_are_passed_or_dropped_whole() {
 fn the_line_limit_leaves_out_the_line_end() {
     let limit = MATCH.len().to_string();
     let under = (MATCH.len() - 1).to_string();
-    let dir = std::env::temp_dir().join(format!("kmsguard-limit-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = crate::util::scratch_dir("limit");
     for end in ["\n", "\r\n"] {
         let input = format!("{MATCH}{end}");
         let file = dir.join("line.ndjson");

@@ -5,11 +5,11 @@
 //! warning that names the fix.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::{json, Value};
 
-use crate::util::{kmsguard, shared_data, stdout_of};
+use crate::util::{kmsguard, scratch_dir, shared_data, stdout_of};
 
 /// The labelled records: (record, expected match).
 fn labelled(test: &str) -> Option<Vec<(Value, bool)>> {
@@ -34,13 +34,6 @@ fn gzip(data: &[u8]) -> Vec<u8> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     e.write_all(data).unwrap();
     e.finish().unwrap()
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("kmsguard-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// The `eventID`s of the events in kmsguard's output, one per line, wherever the record sits
@@ -83,7 +76,7 @@ fn expected_ids(records: &[(Value, bool)]) -> Vec<String> {
 #[test]
 fn a_tree_of_gzipped_log_files() {
     let Some(records) = labelled("a_tree_of_gzipped_log_files") else { return };
-    let dir = temp_dir("tree");
+    let dir = scratch_dir("tree");
     for (n, (record, _)) in records.iter().enumerate() {
         let text = log_file(record).to_string();
         let sub = dir.join(format!("AWSLogs/123/CloudTrail/us-east-1/2024/09/{:02}", n % 3));
@@ -241,7 +234,7 @@ const MATCH: &str = r#"{"eventSource":"kms.amazonaws.com","eventName":"DisableKe
 /// the other inputs still run; exit status 2. Tag mode keeps what was decoded before the fault.
 #[test]
 fn corrupt_archives_are_named_and_the_rest_still_runs() {
-    let dir = temp_dir("corrupt");
+    let dir = scratch_dir("corrupt");
     let whole = gzip(format!("{MATCH}\n").repeat(2000).as_bytes());
     let truncated = write(&dir, "truncated.json.gz", &whole[..whole.len() / 2]);
     let mut bad = whole.clone();
@@ -276,7 +269,7 @@ fn corrupt_archives_are_named_and_the_rest_still_runs() {
 /// silences it.
 #[test]
 fn warnings_appear_when_they_should() {
-    let dir = temp_dir("warnings");
+    let dir = scratch_dir("warnings");
     let clean =
         format!("{MATCH}\n{{\"eventSource\":\"s3.amazonaws.com\",\"eventName\":\"GetObject\"}}\n");
     let cases: Vec<(&str, Vec<String>, Vec<u8>, &str)> = vec![

@@ -11,10 +11,7 @@ use serde_json::{json, Value};
 use crate::util::{kmsguard, ndjson, shared_data, spawn, stdout_of};
 
 fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("kmsguard-rules-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    crate::util::scratch_dir(&format!("rules-{name}"))
 }
 
 /// A rule file in detection-rules' layout.

@@ -80,3 +80,12 @@ pub fn strict_json(line: &[u8]) -> kmsguard_reference::Json {
     kmsguard_reference::parse(line)
         .unwrap_or_else(|| panic!("not strict JSON: {}", String::from_utf8_lossy(line)))
 }
+
+/// An empty scratch directory for one test, `kmsguard-<name>-<pid>` under the system's temp
+/// directory (what an earlier run left there is removed).
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kmsguard-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
